@@ -1,0 +1,156 @@
+"""Pretrained ViT backbones from timm/PyTorch and Google checkpoints.
+
+The references load every backbone into a timm ``vit_base_patch16_224_in21k`` and keep only
+the keys the model knows (ALGORITHMS.md 8.1): Google npz (Sup-21K), timm/HF .bin and
+.safetensors (AugReg), DINO (flat), iBOT ('teacher' or 'state_dict', 'backbone.' prefix),
+MoCo v3 ('model', or raw 'state_dict' with 'module.base_encoder.'). `load_backbone` does the
+same: it strips wrappers and prefixes, converts Google names, drops what is not backbone
+(heads, projection MLPs, iBOT's masked_embed) and reports it, resizes the position embedding
+like timm when the patch grid differs, and then loads strictly: a missing or mis-shaped backbone
+key is an error naming it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Tuple
+
+import jax
+import numpy as np
+
+from cljax.checkpoints import files, torch_names
+from cljax.errors import CheckpointError
+from cljax.models.vit import VisionTransformer, ViTConfig
+
+BACKBONE_PREFIXES = ('cls_token', 'pos_embed', 'patch_embed.', 'blocks.', 'norm.')
+STRIP_PREFIXES = ('module.base_encoder.', 'module.', 'backbone.', 'encoder.')
+
+
+# ----------------------------------------------------------------------------- Google npz
+
+def is_google_npz(sd) -> bool:
+  return any(k.endswith('embedding/kernel') for k in sd)
+
+
+def google_to_timm(npz: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+  """Google ViT .npz names and layouts -> timm names and PyTorch layouts (ALGORITHMS.md 8.2)."""
+  pre = 'opt/target/' if 'opt/target/embedding/kernel' in npz else ''
+  w = {k[len(pre):]: v for k, v in npz.items() if k.startswith(pre)}
+  out = {
+      'patch_embed.proj.weight': w['embedding/kernel'].transpose(3, 2, 0, 1),
+      'patch_embed.proj.bias': w['embedding/bias'],
+      'cls_token': w['cls'],
+      'pos_embed': w['Transformer/posembed_input/pos_embedding'],
+      'norm.weight': w['Transformer/encoder_norm/scale'],
+      'norm.bias': w['Transformer/encoder_norm/bias'],
+  }
+  if 'head/kernel' in w:
+    out['head.weight'] = w['head/kernel'].T
+    out['head.bias'] = w['head/bias']
+  i = 0
+  while f'Transformer/encoderblock_{i}/LayerNorm_0/scale' in w:
+    b, t = f'Transformer/encoderblock_{i}/', f'blocks.{i}.'
+    mha = b + 'MultiHeadDotProductAttention_1/'
+    out[t + 'norm1.weight'] = w[b + 'LayerNorm_0/scale']
+    out[t + 'norm1.bias'] = w[b + 'LayerNorm_0/bias']
+    # query/key/value kernels are [D, H, d] -> [D, D] (in, out); torch stacks them along out.
+    qkv = [w[f'{mha}{n}/kernel'].reshape(w[f'{mha}{n}/kernel'].shape[0], -1).T
+           for n in ('query', 'key', 'value')]
+    out[t + 'attn.qkv.weight'] = np.concatenate(qkv, 0)
+    out[t + 'attn.qkv.bias'] = np.concatenate(
+        [w[f'{mha}{n}/bias'].reshape(-1) for n in ('query', 'key', 'value')])
+    kernel = w[mha + 'out/kernel']                                 # [H, d, D]
+    out[t + 'attn.proj.weight'] = kernel.reshape(-1, kernel.shape[-1]).T
+    out[t + 'attn.proj.bias'] = w[mha + 'out/bias']
+    out[t + 'norm2.weight'] = w[b + 'LayerNorm_2/scale']
+    out[t + 'norm2.bias'] = w[b + 'LayerNorm_2/bias']
+    for r in range(2):
+      out[t + f'mlp.fc{r + 1}.weight'] = w[b + f'MlpBlock_3/Dense_{r}/kernel'].T
+      out[t + f'mlp.fc{r + 1}.bias'] = w[b + f'MlpBlock_3/Dense_{r}/bias']
+    i += 1
+  return {k: np.ascontiguousarray(v) for k, v in out.items()}
+
+
+# ----------------------------------------------------------------------------- pos-embed resize
+
+def _cubic_weights(t, a=-0.75):
+  """torch's bicubic convolution weights (A = -0.75) for the 4 taps around a sample."""
+  def near(x):  # |x| <= 1
+    return ((a + 2) * x - (a + 3)) * x * x + 1
+  def far(x):   # 1 < |x| < 2
+    return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+  return np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], -1)
+
+
+def _resize_axis(x, new, axis):
+  """Bicubic resize of one axis as torch F.interpolate(align_corners=False): clamped borders."""
+  old = x.shape[axis]
+  src = (np.arange(new) + 0.5) * (old / new) - 0.5
+  base = np.floor(src).astype(np.int64)
+  weights = _cubic_weights(src - base)                      # [new, 4]
+  taps = np.clip(base[:, None] + np.arange(-1, 3)[None], 0, old - 1)
+  moved = np.moveaxis(x, axis, 0)                           # [old, ...]
+  out = np.einsum('nk,nk...->n...', weights, moved[taps])
+  return np.moveaxis(out, 0, axis)
+
+
+def resize_pos_embed(pos_embed: np.ndarray, new_grid: int, num_prefix_tokens: int = 1) -> np.ndarray:
+  """timm's resize of [1, prefix + g*g, D] position embeddings to a new_grid x new_grid grid
+  (bicubic, align_corners=False, no antialias, as timm 0.6.7 pinned by the references)."""
+  prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[0, num_prefix_tokens:]
+  old = int(round(math.sqrt(grid.shape[0])))
+  if old * old != grid.shape[0]:
+    raise CheckpointError(f'pos_embed with {grid.shape[0]} grid tokens is not a square grid')
+  grid = grid.reshape(old, old, -1).astype(np.float64)
+  grid = _resize_axis(_resize_axis(grid, new_grid, 0), new_grid, 1)
+  grid = grid.reshape(1, new_grid * new_grid, -1).astype(pos_embed.dtype)
+  return np.concatenate([prefix, grid], axis=1)
+
+
+# ----------------------------------------------------------------------------- backbone loading
+
+def normalise_keys(state_dict) -> Dict[str, np.ndarray]:
+  """Strip the wrappers and prefixes of the known checkpoint families; Google -> timm names."""
+  sd = files.unwrap(state_dict)
+  if is_google_npz(sd):
+    return google_to_timm(sd)
+  out = {}
+  for k, v in sd.items():
+    for p in STRIP_PREFIXES:
+      if k.startswith(p):
+        k = k[len(p):]
+        break
+    out[k] = v
+  return out
+
+
+def template(config: ViTConfig):
+  """Abstract (shape-only) backbone params for a config."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  model = VisionTransformer(config)
+  dummy = jnp.zeros((1, config.image_size, config.image_size, config.in_channels), jnp.float32)
+  return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), dummy))['params']
+
+
+def backbone_from_state_dict(sd: Dict[str, np.ndarray], config: ViTConfig,
+                             what: str = 'checkpoint') -> Tuple[dict, List[str]]:
+  """Backbone params from a normalised timm-named state dict; returns (params, notes)."""
+  notes = []
+  dropped = sorted(k for k in sd if not k.startswith(BACKBONE_PREFIXES))
+  if not config.final_norm:
+    dropped += sorted(k for k in sd if k.startswith('norm.'))   # MoCo v3: norm -> fc_norm
+  if dropped:
+    notes.append(f'ignored {len(dropped)} non-backbone key(s): {torch_names.name_list(dropped)}')
+  sd = {k: v for k, v in sd.items() if k not in set(dropped)}
+  pos = sd.get('pos_embed')
+  if pos is not None and pos.ndim == 3 and pos.shape[1] != config.num_tokens:
+    old = pos.shape[1]
+    sd['pos_embed'] = resize_pos_embed(pos, config.grid)
+    notes.append(f'resized pos_embed from {old} to {config.num_tokens} tokens')
+  params = torch_names.from_state_dict(sd, {'backbone': template(config)}, what)['backbone']
+  return params, notes
+
+
+def load_backbone(path: str, config: ViTConfig) -> Tuple[dict, List[str]]:
+  """Backbone params (numpy float32) from any supported checkpoint file; returns (params, notes)."""
+  return backbone_from_state_dict(normalise_keys(files.read(path)), config, what=path)

@@ -97,3 +97,14 @@ def test_sparse_dense_mode_uses_every_expert_and_inside_vit():
     pooled, aux = vit.apply({'params': params}, x, prefixes=experts)
     assert aux['router'][1]['scores'].shape == (2, 4, 5)
     assert not np.allclose(pooled, plain)
+
+
+def test_reference_kv_layout_with_padding_pairs_within_real_examples():
+  pool = np.arange(2 * 5, dtype=np.float32).reshape(1, 2, 5, 1, 1, 1)   # key e = e, value e = 5 + e
+  idx = np.array([0, 1, 2, 4, 4])
+  padded_keys, padded_values = gather_prefix_pool(pool, idx, 'reference', num_valid=3)
+  keys, values = gather_prefix_pool(pool, idx[:3], 'reference')
+  np.testing.assert_array_equal(padded_keys[:, :3], keys)
+  np.testing.assert_array_equal(padded_values[:, :3], values)
+  assert keys[0, :, 0, 0, 0].tolist() == [0, 2, 6]      # chunks K0 K1 K2 V0 V1 V2 -> 0, 2, 6
+  assert values[0, :, 0, 0, 0].tolist() == [1, 5, 7]

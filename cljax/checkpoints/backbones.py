@@ -12,7 +12,9 @@ key is an error naming it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 from typing import Dict, List, Tuple
 
 import jax
@@ -154,3 +156,63 @@ def backbone_from_state_dict(sd: Dict[str, np.ndarray], config: ViTConfig,
 def load_backbone(path: str, config: ViTConfig) -> Tuple[dict, List[str]]:
   """Backbone params (numpy float32) from any supported checkpoint file; returns (params, notes)."""
   return backbone_from_state_dict(normalise_keys(files.read(path)), config, what=path)
+
+
+# ----------------------------------------------------------------------------- named backbones
+
+@dataclasses.dataclass(frozen=True)
+class NamedBackbone:
+  """A pretrained backbone by unambiguous name (ALGORITHMS.md D4)."""
+  arch: str                 # vit_config name, or 'demo'
+  file: str                 # the file name the references expect
+  how_to_get: str
+  fc_norm: bool = False     # MoCo v3: pool before the final norm; trainable fc_norm instead
+  paper_name: str = ''
+
+
+NAMED = {
+    'vit_b16_in21k': NamedBackbone(
+        'vit_b16', 'ViT-B_16.npz', 'Google\'s original ImageNet-21k ViT-B/16: '
+        'gs://vit_models/imagenet21k/ViT-B_16.npz', paper_name='Sup-21K (HiDe, NoRGa, L2P, DualPrompt, S-Prompt)'),
+    'vit_b16_augreg_in21k': NamedBackbone(
+        'vit_b16', 'vit_base_patch16_224_augreg_in21k.bin', 'HF hub timm/vit_base_patch16_224.augreg_in21k '
+        '(pytorch_model.bin or model.safetensors)', paper_name='Sup-21K (SMoPE, CUB)'),
+    'vit_b16_augreg2_in21k_ft_in1k': NamedBackbone(
+        'vit_b16', 'vit_base_patch16_224_augreg2_in21k_ft_in1k.bin', 'HF hub '
+        'timm/vit_base_patch16_224.augreg2_in21k_ft_in1k', paper_name='Sup-1K (SMoPE default)'),
+    'ibot_in21k': NamedBackbone(
+        'vit_b16', 'checkpoint.pth', 'iBOT ViT-B/16 ImageNet-22K teacher checkpoint (github.com/bytedance/ibot)',
+        paper_name='iBOT-21K'),
+    'ibot_in1k': NamedBackbone(
+        'vit_b16', 'ibot_vitbase16_pretrain.pth', 'iBOT ViT-B/16 ImageNet-1K pretrain checkpoint '
+        '(github.com/bytedance/ibot)', paper_name='iBOT-1K'),
+    'dino_in1k': NamedBackbone(
+        'vit_b16', 'dino_vitbase16_pretrain.pth', 'DINO ViT-B/16 (github.com/facebookresearch/dino)',
+        paper_name='DINO-1K'),
+    'mocov3_in1k': NamedBackbone(
+        'vit_b16', 'mocov3-vit-base-300ep.pth', 'MoCo v3 ViT-B 300ep (github.com/facebookresearch/moco-v3, '
+        'vit-b-300ep.pth.tar or its DeiT conversion)', fc_norm=True, paper_name='MoCo v3-1K'),
+    'demo_fmnist': NamedBackbone(
+        'demo', 'demo_vit_fmnist.safetensors', 'shipped in cljax/assets; regenerate with '
+        'python scripts/pretrain_demo_backbone.py', paper_name='demo ViT (Fashion-MNIST)'),
+}
+
+ASSETS = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'assets')
+
+
+def demo_vit_config(**overrides) -> ViTConfig:
+  """The offline demo's backbone: 28x28 inputs, 4x4 patches (49 tokens), 6 blocks of width 128."""
+  return ViTConfig(**{'embed_dim': 128, 'depth': 6, 'num_heads': 4, 'patch_size': 4,
+                      'image_size': 28, **overrides})
+
+
+def named_vit_config(name: str, **overrides) -> ViTConfig:
+  from cljax.errors import one_of  # pylint: disable=g-import-not-at-top
+  if name not in NAMED:
+    raise one_of('backbone', name, NAMED)
+  info = NAMED[name]
+  overrides.setdefault('final_norm', not info.fc_norm)
+  if info.arch == 'demo':
+    return demo_vit_config(**overrides)
+  from cljax.models.vit import vit_config  # pylint: disable=g-import-not-at-top
+  return vit_config(info.arch, **overrides)

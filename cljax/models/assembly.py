@@ -57,11 +57,11 @@ class PromptedViTSpec:
     """Shape-only params (no computation), for checkpoint conversion."""
     return jax.eval_shape(self.init, jax.random.PRNGKey(0))
 
-  def features(self, params, images, idx=None, prompt=None):
+  def features(self, params, images, idx=None, prompt=None, num_valid=None):
     """Pooled features (pre_logits) and the ViT's aux; idx selects pool entries per example."""
     inputs = {}
     if self.pool is not None and idx is not None:
-      inputs = self.pool.inputs(params['prompts']['e_prompt'], idx, prompt)
+      inputs = self.pool.inputs(params['prompts']['e_prompt'], idx, prompt, num_valid)
     return self.backbone.apply({'params': params['backbone']}, images, **inputs)
 
   def logits(self, params, pre_logits):

@@ -45,11 +45,15 @@ def init_token_pool(key, num_layers, pool_size, length, embed_dim):
   return jax.random.uniform(key, (num_layers, pool_size, length, embed_dim), jnp.float32, -1., 1.)
 
 
-def gather_prefix_pool(pool, idx, kv_layout: str = 'reference'):
+def gather_prefix_pool(pool, idx, kv_layout: str = 'reference', num_valid=None):
   """Per-example key and value prefixes from a pool.
 
   pool: [L_e, 2, P, L_p, H, d]; idx: [B] or [B, top_k] pool indices (top_k entries are
   concatenated along the prefix length). Returns (keys, values), each [L_e, B, H, top_k*L_p, d].
+
+  ``num_valid`` (a traced int, default B): the number of real examples when a batch is padded.
+  The reference layout pairs chunks within the real batch, as the references' smaller last
+  batch does; padding rows get their own entries.
   """
   if kv_layout not in KV_LAYOUTS:
     raise one_of('kv_layout', kv_layout, KV_LAYOUTS)
@@ -58,12 +62,22 @@ def gather_prefix_pool(pool, idx, kv_layout: str = 'reference'):
     idx = idx[:, None]
   raw = pool[:, :, idx]                                   # [L_e, 2, B, K, L_p, H, d]
   n_layers, _, batch, top_k, length, heads, dim = raw.shape
+  b = jnp.arange(batch)
   if kv_layout == 'reference':
-    kv = raw.reshape(n_layers, batch, 2, top_k * length, heads, dim)
+    # The references reshape [L_e, 2, B, ...] into [L_e, B, 2, ...]: example b reads chunks 2b
+    # (key) and 2b + 1 (value) of the sequence K_0..K_{n-1}, V_0..V_{n-1}.
+    n = batch if num_valid is None else num_valid
+    real = b < n
+    key_chunk, value_chunk = 2 * b, 2 * b + 1
+    key_kv, key_ex = jnp.where(real, key_chunk // n, 0), jnp.where(real, key_chunk % n, b)
+    value_kv, value_ex = jnp.where(real, value_chunk // n, 1), jnp.where(real, value_chunk % n, b)
   else:
-    kv = jnp.swapaxes(raw, 1, 2).reshape(n_layers, batch, 2, top_k * length, heads, dim)
-  kv = kv.transpose(0, 1, 2, 4, 3, 5)                     # [L_e, B, 2, H, L, d]
-  return kv[:, :, 0], kv[:, :, 1]
+    key_kv, key_ex, value_kv, value_ex = jnp.zeros_like(b), b, jnp.ones_like(b), b
+  keys = raw[:, key_kv, key_ex]                           # [L_e, B, K, L_p, H, d]
+  values = raw[:, value_kv, value_ex]
+  shape = (n_layers, batch, top_k * length, heads, dim)
+  return (keys.reshape(shape).transpose(0, 1, 3, 2, 4),
+          values.reshape(shape).transpose(0, 1, 3, 2, 4))
 
 
 def prefixes_for_layers(layers: Sequence[int], keys, values, gate: str = 'linear',
@@ -139,14 +153,15 @@ class PoolSpec:
                                              jnp.float32, -1.0, 1.0)
     return out
 
-  def inputs(self, params: Dict[str, Array], idx, prompt=None) -> Dict[str, Any]:
+  def inputs(self, params: Dict[str, Array], idx, prompt=None, num_valid=None) -> Dict[str, Any]:
     """ViT keyword inputs (prefixes or prompt_tokens) for pool indices idx [B] or [B, K].
 
-    ``prompt`` replaces params['prompt'] (e.g. the momentum-mixed pool in training)."""
+    ``prompt`` replaces params['prompt'] (e.g. the momentum-mixed pool in training);
+    ``num_valid`` is the number of real examples of a padded batch."""
     pool = params['prompt'] if prompt is None else prompt
     if self.kind == 'tokens':
       tokens = gather_token_pool(pool, idx)
       return {'prompt_tokens': {l: tokens[j] for j, l in enumerate(self.layers)}}
-    keys, values = gather_prefix_pool(pool, idx, self.kv_layout)
+    keys, values = gather_prefix_pool(pool, idx, self.kv_layout, num_valid)
     return {'prefixes': prefixes_for_layers(self.layers, keys, values, self.gate, self.activation,
                                             params.get('act_scale'))}

@@ -81,8 +81,8 @@ def vit_config(name: str, **overrides) -> ViTConfig:
     valid = [f'vit_{s}{p}' for s in SIZES for p in PATCHES]
     raise one_of('model', name, valid)
   dim, depth, heads = SIZES[m.group(1)]
-  return ViTConfig(embed_dim=dim, depth=depth, num_heads=heads, patch_size=int(m.group(2)),
-                   **overrides)
+  return ViTConfig(**{'embed_dim': dim, 'depth': depth, 'num_heads': heads,
+                      'patch_size': int(m.group(2)), **overrides})
 
 
 def check_prompt_layers(layers, depth: int, what: str = 'prompt layer') -> None:

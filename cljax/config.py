@@ -1,0 +1,293 @@
+"""Experiment configs: one schema, shared pieces, the references' hyper-parameters as data.
+
+A run file in ``configs/`` is a few lines: ``get_config()`` calls `paper` (a benchmark x method
+x backbone cell of the references' tables) or builds on `base`. Everything a run can set is in
+`base`; `validate` checks a finished config before anything is compiled, with one-line messages
+that name the key and the fix.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Dict
+
+import ml_collections
+
+from cljax.errors import ConfigError, one_of
+
+BENCHMARKS = {
+    # name: (number of classes, default tasks, transform family)
+    'cifar100': (100, 10, 'cifar'),
+    'imr': (200, 10, 'default'),
+    'cub': (200, 10, 'default'),
+    'five_datasets': (50, 5, 'default'),
+    'split_digits': (10, 5, 'demo'),
+}
+METHODS = ('hideprompt', 'norga', 'sequential_head')
+SCHEDULES = ('constant', 'step', 'cosine')
+STATISTICS = ('covariance', 'variance', 'multi-centroid')
+OPTIMIZERS = ('adam', 'sgd', 'adamw')
+IMR_SPLITS = ('coda', 'random_80_20')
+
+# Paper names of backbones -> cljax names (ALGORITHMS.md D4).
+BACKBONE_ALIASES = {
+    'sup21k': 'vit_b16_in21k', 'ibot21k': 'ibot_in21k', 'ibot1k': 'ibot_in1k',
+    'dino': 'dino_in1k', 'dino1k': 'dino_in1k', 'mocov3': 'mocov3_in1k', 'moco': 'mocov3_in1k',
+}
+
+
+def base() -> ml_collections.ConfigDict:
+  """Every key a run can set, with the HiDe/NoRGa references' defaults."""
+  c = ml_collections.ConfigDict()
+  c.seed = 42
+  c.method = 'norga'
+  c.benchmark = ml_collections.ConfigDict(dict(
+      name='cifar100',
+      num_tasks=10,
+      data_dir='',              # tfds data_dir ('' = tfds default, ~/tensorflow_datasets)
+      shuffle_classes=True,     # random.shuffle(class list) with Python's random seeded by seed
+      imr_split='coda',         # ImageNet-R split (ALGORITHMS.md D3): coda | random_80_20
+      imr_split_file='',        # the CODA/SMoPE split lists (yaml), for imr_split=coda
+      notmnist_dir='',          # folder with notMNIST Train/ and Test/ (5-Datasets)
+      test_fraction=0.3,        # split_digits: stratified test share
+      # Reference quirk 11.4: 5-Datasets members after CIFAR-10 keep CIFAR's transforms.
+      five_datasets_transform_carry_over=True,
+  ))
+  c.backbone = ml_collections.ConfigDict(dict(
+      name='vit_b16_in21k',
+      weights='',               # path of the pretrained file ('' = <weights_dir>/<reference file name>)
+      weights_dir='checkpoints',
+      image_size=224,
+      depth=0,                  # > 0 keeps only the first `depth` blocks (tests, debugging)
+  ))
+  c.batch_size = 128
+  c.eval_batch_size = 128
+  c.task_identity = ml_collections.ConfigDict(dict(
+      enabled=True,
+      epochs=20, lr=5e-4, schedule='step', optimizer='adam', clip_grad=1.0,
+      mlp_hidden=(2,),
+      ca_lr=0.005, ca_epochs=30,          # stage-1 alignment lr is scaled by batch/256
+  ))
+  c.prompt = ml_collections.ConfigDict(dict(
+      layers=(0, 1, 2, 3, 4),
+      length=5,
+      pool_size=0,              # 0 = one entry per task
+      gate='norga',             # linear (HiDe-Prompt) | norga
+      activation='tanh',
+      kv_layout='reference',    # reference quirk 11.1 | correct
+      prompt_key=False,         # 5-Datasets configs carry an (unused) e_prompt.prompt_key
+      batchwise_prompt=False,   # test-time majority vote of the batch (5-Datasets; quirk 11.8)
+      epochs=50, lr=0.03, schedule='step', optimizer='adam', clip_grad=1.0,
+      larger_prompt_lr=True,    # head at 0.1 x lr
+      reg=0.1,                  # contrastive regulariser against stored class means
+      momentum=0.01,            # prompt momentum
+      ca_lr=0.005, ca_epochs=30,          # stage-2 alignment lr is NOT batch-scaled
+  ))
+  c.statistics = ml_collections.ConfigDict(dict(method='covariance', n_centroids=10))
+  c.schedule = ml_collections.ConfigDict(dict(decay_epochs=30, decay_rate=0.1, min_lr=1e-5))
+  # Reference quirk 11.6: test logits over all classes (future-class rows unmasked).
+  c.mask_test_logits = False
+  c.num_devices = 0             # 0 = every local device
+  c.dtype = 'float32'
+  c.dry_run = False             # every task and stage for dry_run_steps on synthetic inputs
+  c.dry_run_steps = 2
+  c.log_every_steps = 50
+  c.model_override = ''         # e.g. 'vit_ti16' for tiny CI runs of a paper config
+  c.stop_after_task = 0         # > 0: stop cleanly after this many tasks (rerun to continue)
+  return c
+
+
+# ----------------------------------------------------------------------------- the references' cells
+
+# [N] scripts, ALGORITHMS.md 9.1: (dataset, backbone) -> hyper-parameters.
+# tii: (lr, schedule, ca_lr hide, ca_lr norga); prompt: (epochs, schedule, length, reg, momentum,
+# larger_prompt_lr, clip); ca: (hide ca_lr, hide crct_epochs, norga ca_lr, norga crct_epochs); gate act.
+_TABLE = {
+    ('cifar100', 'sup21k'): ((5e-4, 'constant', .005, .005), (50, 'step', 5, 0.1, 0.01, True, 1.), (.005, 30, .05, 80), 'sigmoid'),
+    ('cifar100', 'ibot21k'): ((5e-4, 'step', .005, .05), (20, 'step', 5, 0.1, 0.1, True, 1.), (.005, 30, .005, 80), 'tanh'),
+    ('cifar100', 'ibot1k'): ((5e-4, 'step', .005, .05), (20, 'step', 5, 0.1, 0.1, True, 1.), (.005, 30, .005, 80), 'tanh'),
+    ('cifar100', 'dino'): ((5e-4, 'step', .005, .05), (20, 'step', 5, 0.1, 0.1, True, 1.), (.005, 30, .005, 80), 'tanh'),
+    ('cifar100', 'mocov3'): ((5e-4, 'step', .005, .05), (20, 'step', 5, 0.1, 0.1, True, 1.), (.005, 30, .005, 80), 'gelu'),
+    ('imr', 'sup21k'): ((5e-4, 'step', .005, .005), (150, 'cosine', 20, 0.5, 0.01, True, 1.), (.005, 30, .005, 30), 'sigmoid'),
+    ('imr', 'ibot21k'): ((5e-4, 'step', .005, .005), (50, 'constant', 20, 0.5, 0.01, True, 1.), (.005, 30, .005, 30), 'tanh'),
+    ('imr', 'ibot1k'): ((5e-4, 'step', .005, .005), (50, 'constant', 20, 0.5, 0.01, True, 1.), (.005, 30, .005, 80), 'sigmoid'),
+    ('imr', 'dino'): ((5e-4, 'step', .005, .005), (50, 'constant', 20, 0.5, 0.01, True, 1.), (.005, 30, .005, 30), 'tanh'),
+    ('imr', 'mocov3'): ((5e-4, 'step', .005, .005), (50, 'constant', 20, 0.5, 0.01, True, 1.), (.005, 30, .005, 30), 'gelu'),
+    ('cub', 'sup21k'): ((1e-2, 'step', .005, .05), (50, 'step', 20, 0.01, 0.01, False, 1.), (.005, 30, .05, 80), 'sigmoid'),
+    ('cub', 'ibot21k'): ((5e-4, 'step', .005, .05), (50, 'step', 20, 0.01, 0.01, False, 1.), (.005, 30, .05, 80), 'tanh'),
+    ('five_datasets', 'sup21k'): ((1e-3, 'constant', .005, .005), (20, 'constant', 40, 0.1, 0.01, True, 2.), (.005, 30, .005, 30), 'tanh'),
+    ('five_datasets', 'ibot21k'): ((1e-3, 'constant', .005, .005), (20, 'constant', 40, 0.1, 0.01, True, 2.), (.005, 30, .005, 30), 'sigmoid'),
+}
+
+
+def paper(dataset: str, method: str, backbone: str = 'sup21k') -> ml_collections.ConfigDict:
+  """The references' configuration of one (benchmark, method, backbone) cell."""
+  backbone = backbone or 'sup21k'
+  if (dataset, backbone) not in _TABLE:
+    cells = sorted({f'{d}/{b}' for d, b in _TABLE})
+    raise ConfigError(f'the references have no {method} run of {dataset} with backbone '
+                      f'{backbone!r}; available: {", ".join(cells)}')
+  if method not in ('hideprompt', 'norga'):
+    raise one_of('paper method', method, ('hideprompt', 'norga'))
+  (tii_lr, tii_sched, tii_ca_h, tii_ca_n), prompt, ca, act = _TABLE[(dataset, backbone)]
+  epochs, sched, length, reg, momentum, larger, clip = prompt
+  c = base()
+  c.method = method
+  c.benchmark.name = dataset
+  c.benchmark.num_tasks = BENCHMARKS[dataset][1]
+  c.backbone.name = BACKBONE_ALIASES[backbone]
+  norga = method == 'norga'
+  # CUB Sup-21K: HiDe's stage 1 uses the step schedule, NoRGa's the constant one.
+  if (dataset, backbone) == ('cub', 'sup21k') and norga:
+    tii_sched = 'constant'
+  c.task_identity.update(lr=tii_lr, schedule=tii_sched, ca_lr=tii_ca_n if norga else tii_ca_h)
+  c.prompt.update(epochs=epochs, schedule=sched, length=length, reg=reg, momentum=momentum,
+                  larger_prompt_lr=larger, clip_grad=clip,
+                  ca_lr=ca[2] if norga else ca[0], ca_epochs=ca[3] if norga else ca[1],
+                  gate='norga' if norga else 'linear', activation=act if norga else 'identity')
+  if dataset == 'five_datasets':
+    c.task_identity.mlp_hidden = (4, 4)
+    c.prompt.prompt_key = True
+    c.prompt.batchwise_prompt = True
+  return c
+
+
+# ----------------------------------------------------------------------------- validation
+
+def _check(cond, message):
+  if not cond:
+    raise ConfigError(message)
+
+
+def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Check a finished config; raise ConfigError with a one-line message naming key and fix."""
+  from cljax.checkpoints.backbones import NAMED  # pylint: disable=g-import-not-at-top
+  from cljax.models.prefix import ACTIVATIONS  # pylint: disable=g-import-not-at-top
+  from cljax.models.prompts import KV_LAYOUTS  # pylint: disable=g-import-not-at-top
+  if c.method not in METHODS:
+    raise one_of('method (config.method)', c.method, METHODS)
+  b = c.benchmark
+  if b.name not in BENCHMARKS:
+    raise one_of('benchmark (config.benchmark.name)', b.name, BENCHMARKS)
+  num_classes = BENCHMARKS[b.name][0]
+  _check(b.num_tasks >= 1, f'config.benchmark.num_tasks must be >= 1, got {b.num_tasks}')
+  if b.name == 'five_datasets':
+    _check(b.num_tasks == 5, 'config.benchmark.num_tasks must be 5 for five_datasets (one task per dataset)')
+  else:
+    _check(num_classes % b.num_tasks == 0,
+           f'{num_classes} classes of {b.name} do not divide into {b.num_tasks} tasks '
+           f'(config.benchmark.num_tasks); use a divisor of {num_classes}')
+  if b.imr_split not in IMR_SPLITS:
+    raise one_of('ImageNet-R split (config.benchmark.imr_split)', b.imr_split, IMR_SPLITS)
+  if c.backbone.name not in NAMED:
+    raise one_of('backbone (config.backbone.name)', c.backbone.name, list(NAMED) + list(BACKBONE_ALIASES))
+  for stage in ('task_identity', 'prompt'):
+    s = c[stage]
+    if s.schedule not in SCHEDULES:
+      raise one_of(f'schedule (config.{stage}.schedule)', s.schedule, SCHEDULES)
+    if s.optimizer not in OPTIMIZERS:
+      raise one_of(f'optimizer (config.{stage}.optimizer)', s.optimizer, OPTIMIZERS)
+    _check(s.epochs >= 0, f'config.{stage}.epochs must be >= 0')
+    _check(s.lr > 0, f'config.{stage}.lr must be > 0, got {s.lr}')
+  p = c.prompt
+  if p.gate not in ('linear', 'norga'):
+    raise one_of('gate (config.prompt.gate)', p.gate, ('linear', 'norga'))
+  if p.activation not in ACTIVATIONS:
+    raise one_of('gate activation (config.prompt.activation)', p.activation, ACTIVATIONS)
+  if p.kv_layout not in KV_LAYOUTS:
+    raise one_of('kv_layout (config.prompt.kv_layout)', p.kv_layout, KV_LAYOUTS)
+  expected_gate = {'hideprompt': 'linear', 'norga': 'norga'}.get(c.method)
+  if expected_gate and p.gate != expected_gate:
+    raise ConfigError(f'method {c.method} uses gate {expected_gate!r}, but config.prompt.gate is '
+                      f'{p.gate!r}; set method={"norga" if p.gate == "norga" else "hideprompt"} instead')
+  _check(p.length >= 1, f'config.prompt.length must be >= 1, got {p.length}')
+  _check(p.pool_size == 0 or p.pool_size >= b.num_tasks,
+         f'config.prompt.pool_size {p.pool_size} is smaller than the {b.num_tasks} tasks; use 0 (one per task)')
+  _check(0.0 <= p.momentum < 1.0, f'config.prompt.momentum must be in [0, 1), got {p.momentum}')
+  if c.statistics.method not in STATISTICS:
+    raise one_of('statistics method (config.statistics.method)', c.statistics.method, STATISTICS)
+  _check(c.batch_size >= 1 and c.eval_batch_size >= 1, 'config.batch_size and eval_batch_size must be >= 1')
+  _check(c.dtype in ('float32', 'bfloat16'), f'config.dtype must be float32 or bfloat16, got {c.dtype!r}')
+  _check(c.dry_run_steps >= 1, 'config.dry_run_steps must be >= 1')
+  return c
+
+
+def num_classes(c) -> int:
+  return BENCHMARKS[c.benchmark.name][0]
+
+
+def lr_scale(c) -> float:
+  """The references scale lr by batch/256 (world size excluded: unscale_lr=True)."""
+  return c.batch_size / 256.0
+
+
+def weights_path(c) -> str:
+  from cljax.checkpoints.backbones import ASSETS, NAMED  # pylint: disable=g-import-not-at-top
+  if c.backbone.weights:
+    return c.backbone.weights
+  info = NAMED[c.backbone.name]
+  directory = ASSETS if c.backbone.name == 'demo_fmnist' else c.backbone.weights_dir
+  return os.path.join(directory, info.file)
+
+
+def to_dict(c) -> Dict[str, Any]:
+  return c.to_dict()
+
+
+def to_json(c) -> Dict[str, Any]:
+  """A JSON-able dict of the config (tuples become lists)."""
+  import json  # pylint: disable=g-import-not-at-top
+  return json.loads(c.to_json())
+
+
+def from_json(d: Dict[str, Any]) -> ml_collections.ConfigDict:
+  """The inverse of to_json: base() updated with the saved values (lists back to tuples)."""
+  c = base()
+
+  def fill(target, values, prefix):
+    for k, v in values.items():
+      if k not in target:
+        raise ConfigError(f'saved config has unknown key {prefix}{k}')
+      if isinstance(v, dict):
+        fill(target[k], v, f'{prefix}{k}.')
+      else:
+        target[k] = tuple(v) if isinstance(target[k], tuple) else v
+  fill(c, d, '')
+  return c
+
+
+def differences(a: Dict[str, Any], b: Dict[str, Any], ignore=(), prefix='') -> list:
+  """'key: x != y' for every leaf that differs between two to_json dicts."""
+  out = []
+  for k in sorted(set(a) | set(b)):
+    if k in ignore:
+      continue
+    x, y = a.get(k), b.get(k)
+    if isinstance(x, dict) and isinstance(y, dict):
+      out += differences(x, y, ignore, f'{prefix}{k}.')
+    elif x != y:
+      out.append(f'{prefix}{k}: {x!r} != {y!r}')
+  return out
+
+
+def demo(method: str = 'norga') -> ml_collections.ConfigDict:
+  """Split-Digits with the demo backbone, scaled from the references' CIFAR-100 NoRGa cell."""
+  c = base()
+  c.method = method
+  c.seed = 42
+  c.benchmark.name = 'split_digits'
+  c.benchmark.num_tasks = 5
+  c.backbone.name = 'demo_fmnist'
+  c.backbone.image_size = 28
+  c.batch_size = 32
+  c.eval_batch_size = 64
+  c.task_identity.update(epochs=5, lr=5e-3, schedule='constant', mlp_hidden=(2,), ca_lr=0.05, ca_epochs=10)
+  c.prompt.update(layers=(0, 1, 2), length=4, epochs=8, lr=0.03, schedule='constant', reg=0.1,
+                  momentum=0.01, larger_prompt_lr=True, ca_lr=0.05, ca_epochs=10,
+                  gate='norga' if method == 'norga' else 'linear',
+                  activation='tanh' if method == 'norga' else 'identity')
+  if method == 'sequential_head':
+    c.prompt.update(epochs=8, lr=0.03)
+  c.log_every_steps = 0
+  return c

@@ -1,0 +1,47 @@
+"""Stage 1 of HiDe-Prompt and NoRGa: the task-identity ("original") model (ALGORITHMS.md 2.1).
+
+Frozen backbone + residual MLP mapping + linear head over all classes, trained task by task with
+the task-masked CE, aligned by Gaussian replay of the frozen (pre-MLP) features; at test its
+argmax among the seen classes names the task whose prompt stage 2 uses. It is a `Method` like
+the others, so the trainer runs it with the same loop.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from cljax.methods.base import Method, cross_entropy, mask_logits
+from cljax.models.assembly import PromptedViTSpec
+
+
+def build(config, vit_cfg, num_classes: int) -> Method:
+  model = PromptedViTSpec(vit_cfg, num_classes, None, tuple(config.task_identity.mlp_hidden),
+                          fc_norm=not vit_cfg.final_norm, dtype=jnp.dtype(config.dtype))
+
+  def init(rng):
+    return {'classifier': model.init(rng)['classifier']}
+
+  def loss(params, backbone, images, labels, mask, t, context):
+    full = {'backbone': backbone, **params}
+    pre, _ = model.features(full, images)
+    logits = mask_logits(model.logits(full, pre), context['task_mask'])
+    ce = cross_entropy(logits, labels, mask)
+    correct = (jnp.argmax(logits, -1) == labels) & mask
+    return ce, {'ce': ce, 'accuracy': 100.0 * correct.sum() / jnp.maximum(mask.sum(), 1)}
+
+  def features(params, backbone, images, t, mask):
+    return model.features({'backbone': backbone, **params}, images)[0]
+
+  def predict(params, backbone, images, prompt_ids, mask):
+    full = {'backbone': backbone, **params}
+    return model.logits(full, model.features(full, images)[0]), prompt_ids
+
+  return Method('task_identity', model, init, lambda p, t: p,
+                lambda p, t: jax.tree.map(lambda _: 1.0, p), loss, lambda p, t: p, features,
+                predict, uses_statistics=True, alignment_samples_per_class=config.batch_size)
+
+
+def predict_task(logits, seen_mask, class_to_task):
+  """Task ids from stage-1 logits: argmax among the seen classes -> that class's task."""
+  return class_to_task[jnp.argmax(mask_logits(logits, seen_mask), -1)]

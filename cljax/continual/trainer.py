@@ -1,0 +1,476 @@
+"""The per-task loop: one trainer for every method.
+
+For each task t (ALGORITHMS.md 2): if the method needs task identity, stage 1 (the task-identity
+model) trains, summarises its features and aligns its head; then the method's own stage trains
+(prompts and head), summarises the prompted features, aligns the head, and everything seen so
+far is evaluated, giving a column of the accuracy matrix. After each stage of each task the run
+state goes to an Orbax checkpoint, and rerunning the same command resumes after the last
+completed stage (a finished run is not retrained).
+
+The trainer knows no method by name: it calls the `Method`'s pure functions, through steps that
+are jitted once per run (the task index, masks and learning rates are traced arguments, so no
+task recompiles them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Dict, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cljax import config as config_lib
+from cljax import optim, parallel
+from cljax.checkpoints import backbones as backbone_lib
+from cljax.continual import alignment, metrics, task_checkpoints, task_identity
+from cljax.continual.alignment import ClassStats
+from cljax.data import benchmarks, pipeline
+from cljax.errors import CheckpointError, ConfigError, DataError
+from cljax import methods as methods_lib
+from cljax.methods.base import cross_entropy, mask_logits
+
+
+def log(message: str) -> None:
+  print(message, flush=True)
+
+
+@dataclasses.dataclass
+class StageSetup:
+  """What differs between the task-identity stage and the method's stage."""
+  name: str
+  method: Any
+  cfg: Any                    # config.task_identity or config.prompt
+  lr_scale: float             # multiplies cfg.lr
+  ca_lr: float                # alignment lr actually used
+  ca_samples: int             # n_pc
+  stats_method: str
+
+
+class Experiment:
+  """A configured run: data, backbone, method(s) and the jitted steps."""
+
+  def __init__(self, config, workdir: str, load_data: bool = True, verbose: bool = True):
+    self.config = config_lib.validate(config)
+    self.workdir = workdir
+    self.verbose = verbose
+    c = self.config
+    self.mesh = parallel.make_mesh(c.num_devices)
+    for key in ('batch_size', 'eval_batch_size'):
+      parallel.check_batch_size(c[key], self.mesh, f'config.{key}')
+    self.data_sharding = parallel.data_sharding(self.mesh)
+    self.replicated = parallel.replicated(self.mesh)
+    self.num_classes = config_lib.num_classes(c)
+    self.num_tasks = c.benchmark.num_tasks
+    self.vit_cfg = self._vit_config()
+    from cljax.models.vit import check_prompt_layers  # pylint: disable=g-import-not-at-top
+    if c.method in ('hideprompt', 'norga'):
+      check_prompt_layers(c.prompt.layers, self.vit_cfg.depth, 'config.prompt.layers')
+    self.method = methods_lib.build(c, self.vit_cfg, self.num_classes, self.num_tasks)
+    self.stages = []
+    if self.method.uses_task_identity and c.task_identity.enabled:
+      tii = task_identity.build(c, self.vit_cfg, self.num_classes)
+      scale = config_lib.lr_scale(c)
+      self.stages.append(StageSetup('task_identity', tii, c.task_identity, scale,
+                                    c.task_identity.ca_lr * scale, c.batch_size, c.statistics.method))
+    self.stages.append(StageSetup('prompt', self.method, c.prompt, config_lib.lr_scale(c),
+                                  c.prompt.ca_lr, self.method.alignment_samples_per_class or c.batch_size,
+                                  c.statistics.method))
+    self.backbone = self._load_backbone()
+    self.data = None
+    if load_data:
+      self.data = benchmarks.synthetic(c) if c.dry_run else benchmarks.load(c)
+      if self.data.split.num_classes != self.num_classes:
+        raise DataError(f'{self.data.description} has {self.data.split.num_classes} classes, '
+                        f'config expects {self.num_classes}')
+    self.split = self.data.split if self.data else None
+    self._jitted = {}
+
+  # --------------------------------------------------------------------------- setup
+
+  def _vit_config(self):
+    c = self.config
+    info = backbone_lib.NAMED[c.backbone.name]
+    overrides = dict(image_size=c.backbone.image_size, final_norm=not info.fc_norm)
+    if c.backbone.depth:
+      overrides['depth'] = c.backbone.depth
+    if c.model_override:
+      from cljax.models.vit import vit_config  # pylint: disable=g-import-not-at-top
+      return vit_config(c.model_override, **overrides)
+    if info.arch == 'demo':
+      return backbone_lib.demo_vit_config(**overrides)
+    from cljax.models.vit import vit_config  # pylint: disable=g-import-not-at-top
+    return vit_config(info.arch, **overrides)
+
+  def _load_backbone(self):
+    c = self.config
+    path = config_lib.weights_path(c)
+    info = backbone_lib.NAMED[c.backbone.name]
+    if c.model_override or (c.dry_run and not os.path.exists(path)):
+      if c.dry_run and not c.model_override:
+        self._log(f'note: dry run with random backbone weights: {path} does not exist '
+                  f'(a real run would stop here; get it from: {info.how_to_get})')
+      params = jax.jit(lambda k: self.method.model.backbone.init(
+          k, jnp.zeros((1, self.vit_cfg.image_size, self.vit_cfg.image_size, 3)))['params'])(
+              jax.random.PRNGKey(c.seed))
+    else:
+      if not os.path.exists(path):
+        raise CheckpointError(f'backbone weights {path} do not exist: get {info.file} '
+                              f'({info.how_to_get}) and put it there, or set config.backbone.weights')
+      params, notes = backbone_lib.load_backbone(path, self.vit_cfg)
+      for n in notes:
+        self._log(f'backbone: {n}')
+    return jax.device_put(params, self.replicated)
+
+  def _log(self, message):
+    if self.verbose and jax.process_index() == 0:
+      log(message)
+
+  def stage_template(self, name: str):
+    stage = next(s for s in self.stages if s.name == name)
+    return jax.eval_shape(stage.method.init, jax.random.PRNGKey(0))
+
+  # --------------------------------------------------------------------------- jitted steps
+
+  def _steps(self, stage: StageSetup):
+    if stage.name in self._jitted:
+      return self._jitted[stage.name]
+    method = stage.method
+    tx = optim.transform(stage.cfg.optimizer, stage.cfg.clip_grad)
+    ca_tx = optim.transform('sgd')
+
+    def train_step(params, opt_state, backbone, images, labels, mask, t, context, lr, lr_tree):
+      (loss, aux), grads = jax.value_and_grad(method.loss, has_aux=True)(
+          params, backbone, images, labels, mask, t, context)
+      params, opt_state = optim.apply(tx, grads, opt_state, params, lr_tree, lr)
+      return params, opt_state, {'loss': loss, **aux}
+
+    def ca_step(params, opt_state, x, y, seen, lr, lr_tree):
+      def loss_fn(p):
+        logits = mask_logits(method.model.logits(p, x), seen)
+        return cross_entropy(logits, y, jnp.ones_like(y, bool))
+      loss, grads = jax.value_and_grad(loss_fn)(params)
+      params, opt_state = optim.apply(ca_tx, grads, opt_state, params, lr_tree, lr)
+      return params, opt_state, loss
+
+    steps = {
+        'tx': tx, 'ca_tx': ca_tx,
+        'train': jax.jit(train_step, donate_argnums=(0, 1)),
+        'ca': jax.jit(ca_step, donate_argnums=(0, 1)),
+        'features': jax.jit(method.features),
+        'predict': jax.jit(method.predict),
+        'sample': jax.jit(alignment.sample, static_argnums=(2,)),
+    }
+    self._jitted[stage.name] = steps
+    return steps
+
+  # --------------------------------------------------------------------------- state
+
+  def initial_state(self):
+    c = self.config
+    rng = jax.random.PRNGKey(c.seed)
+    state = {'step': np.array(0, np.int32)}
+    dim = self.vit_cfg.embed_dim
+    for i, stage in enumerate(self.stages):
+      state[stage.name] = {
+          'params': stage.method.init(jax.random.fold_in(rng, i)),
+          'stats': ClassStats.empty(self.num_classes, dim, stage.stats_method, c.statistics.n_centroids),
+      }
+    T = self.num_tasks
+    state['accuracy'] = np.zeros((T, T), np.float32)
+    state['accuracy_before_alignment'] = np.zeros((T, T), np.float32)
+    state['task_identity_accuracy'] = np.zeros((T, T), np.float32)
+    state['stage1_task_identity_accuracy'] = np.zeros((2, T), np.float32)  # before / after CA
+    return state
+
+  # --------------------------------------------------------------------------- loops
+
+  def _put(self, batch: pipeline.Batch):
+    return pipeline.to_device(batch, self.data_sharding)
+
+  def _batches(self, indices, train: bool, seed, shuffle: bool, batch_size: int):
+    it = pipeline.batches(self.data.train if train else self.data.test, indices, batch_size,
+                          self.config.backbone.image_size, train=train, seed=seed, shuffle=shuffle)
+    if self.config.dry_run:
+      it = (b for i, b in zip(range(self.config.dry_run_steps), it))
+    return pipeline.prefetch(it, self.data_sharding)
+
+  def _train_batches(self, indices, train_transform: bool, seed, shuffle):
+    """Training images (train transform) or training images with the test transform (stats)."""
+    it = pipeline.batches(self.data.train, indices, self.config.batch_size,
+                          self.config.backbone.image_size, train=train_transform, seed=seed,
+                          shuffle=shuffle)
+    if self.config.dry_run:
+      it = (b for i, b in zip(range(self.config.dry_run_steps), it))
+    return pipeline.prefetch(it, self.data_sharding)
+
+  def _context(self, stage_state, t: int):
+    means, valid = stage_state['stats'].means()
+    return {'task_mask': jnp.asarray(self.split.task_mask(t)),
+            'means': jnp.asarray(means), 'means_valid': jnp.asarray(valid)}
+
+  def train_stage(self, stage: StageSetup, stage_state, t: int):
+    """Train a stage's params on task t; returns the updated stage state."""
+    c = self.config
+    steps = self._steps(stage)
+    method = stage.method
+    params = method.begin_task(jax.tree.map(jnp.asarray, stage_state['params']), t)
+    epochs = stage.cfg.epochs
+    if c.dry_run:
+      epochs = min(epochs, 1)
+    indices = self.data.train.indices_of(self.split.tasks[t])
+    n_batches = pipeline.num_batches(len(indices), c.batch_size)
+    if c.dry_run:
+      n_batches = min(n_batches, c.dry_run_steps)
+    params = jax.device_put(params, self.replicated)
+    opt_state = steps['tx'].init(params)     # the references re-create the optimizer every task
+    lr_tree = jax.tree.map(jnp.float32, method.lr_multipliers(params, t))
+    context = self._context(stage_state, t)
+    t_arr = jnp.asarray(t, jnp.int32)
+    start = time.time()
+    seen_images = 0
+    for epoch in range(epochs):
+      lr = optim.epoch_lr(stage.cfg.lr * stage.lr_scale, epoch, stage.cfg.schedule, stage.cfg.epochs,
+                          c.schedule.decay_epochs, c.schedule.decay_rate, c.schedule.min_lr)
+      sums, count = {}, 0
+      seed = (c.seed, 1 + self.stages.index(stage), t, epoch)
+      for b, batch in enumerate(self._train_batches(indices, True, seed, shuffle=True)):
+        params, opt_state, m = steps['train'](params, opt_state, self.backbone, batch.images,
+                                              batch.labels, batch.mask, t_arr, context,
+                                              jnp.float32(lr), lr_tree)
+        for k, v in m.items():
+          sums[k] = sums.get(k, 0.0) + v
+        count += 1
+        if c.log_every_steps and (b + 1) % c.log_every_steps == 0:
+          self._log(f'  [{stage.name}] task {t + 1} epoch {epoch + 1}/{epochs} step {b + 1}/{n_batches} '
+                    f'loss {float(m["loss"]):.4f}')
+      host = {k: float(v) / max(count, 1) for k, v in sums.items()}
+      seen_images += min(len(indices), count * c.batch_size)
+      if not all(np.isfinite(v) for v in host.values()):
+        raise FloatingPointError(f'non-finite loss in {stage.name} stage, task {t + 1}, epoch {epoch + 1}: {host}')
+      elapsed = time.time() - start
+      rate = seen_images / max(elapsed, 1e-9)
+      eta = elapsed / (epoch + 1) * (epochs - epoch - 1)
+      self._log(f'  [{stage.name}] task {t + 1}/{self.num_tasks} epoch {epoch + 1}/{epochs} lr {lr:.2e} '
+                + ' '.join(f'{k} {v:.4f}' for k, v in host.items())
+                + f' | {rate:.0f} img/s, eta {eta:.0f}s')
+      self._record({'stage': stage.name, 'task': t, 'epoch': epoch, 'lr': lr, 'img_per_s': rate, **host})
+    params = method.end_task(params, t)
+    return {**stage_state, 'params': params}
+
+  def update_statistics(self, stage: StageSetup, stage_state, t: int):
+    """Class statistics of task t's classes from the stage's features (test transform)."""
+    c = self.config
+    steps = self._steps(stage)
+    indices = self.data.train.indices_of(self.split.tasks[t])
+    feats, labels = [], []
+    t_arr = jnp.asarray(t, jnp.int32)
+    for batch in self._train_batches(indices, False, (c.seed, 9, t), shuffle=False):
+      f = steps['features'](stage_state['params'], self.backbone, batch.images, t_arr, batch.mask)
+      keep = np.asarray(batch.mask)
+      feats.append(np.asarray(f, np.float32)[keep])
+      labels.append(np.asarray(batch.labels)[keep])
+    feats, labels = np.concatenate(feats), np.concatenate(labels)
+    classes = [k for k in self.split.tasks[t] if (labels == k).any()]
+    stats = alignment.update_statistics(stage_state['stats'], feats, labels, classes,
+                                        c.statistics.n_centroids, c.seed)
+    return {**stage_state, 'stats': stats}
+
+  def align(self, stage: StageSetup, stage_state, t: int):
+    """Classifier alignment by Gaussian replay over the classes of tasks 0..t (t > 0)."""
+    c = self.config
+    steps = self._steps(stage)
+    params = jax.device_put(stage_state['params'], self.replicated)
+    lr_tree = jax.tree.map(jnp.float32, {k: jax.tree.map(lambda _: 1.0 if k == 'classifier' else 0.0, v)
+                                         for k, v in params.items()})
+    opt_state = steps['ca_tx'].init(params)
+    seen = self.split.seen_mask(t)
+    crct_num = sum(len(self.split.tasks[s]) for s in range(t))
+    epochs = stage.cfg.ca_epochs
+    if c.dry_run:
+      epochs, crct_num = min(epochs, 1), min(crct_num, c.dry_run_steps)
+    stats = jax.device_put(stage_state['stats'], self.replicated)
+    key = jax.random.fold_in(jax.random.PRNGKey(c.seed), 1000 * t + self.stages.index(stage))
+    seen_dev = jnp.asarray(seen)
+    for epoch in range(epochs):
+      lr = optim.cosine_annealing_lr(stage.ca_lr, epoch, stage.cfg.ca_epochs)
+      x, y, valid = steps['sample'](jax.random.fold_in(key, epoch), stats, stage.ca_samples)
+      valid = np.asarray(valid) & seen[np.asarray(y)]
+      rows = np.flatnonzero(valid)
+      rows = rows[np.random.default_rng([c.seed, 7, t, epoch, self.stages.index(stage)]).permutation(len(rows))]
+      losses = []
+      for it in range(crct_num):
+        chunk = rows[it * stage.ca_samples:(it + 1) * stage.ca_samples]
+        if len(chunk) < stage.ca_samples:
+          break
+        params, opt_state, loss = steps['ca'](params, opt_state, x[chunk], y[chunk], seen_dev,
+                                              jnp.float32(lr), lr_tree)
+        losses.append(loss)
+      mean_loss = float(np.mean([float(l) for l in losses])) if losses else float('nan')
+      if losses and not np.isfinite(mean_loss):
+        raise FloatingPointError(f'non-finite alignment loss in {stage.name} stage, task {t + 1}, epoch {epoch + 1}')
+      if epoch == epochs - 1 or (epoch + 1) % 10 == 0:
+        self._log(f'  [{stage.name}] task {t + 1} alignment epoch {epoch + 1}/{epochs} lr {lr:.2e} loss {mean_loss:.4f}')
+    return {**stage_state, 'params': params}
+
+  def evaluate(self, state, t: int, stage_name: str = 'prompt'):
+    """Accuracy (%) and task-identity accuracy (%) on the test sets of tasks 0..t.
+
+    With stage_name='task_identity' the stage-1 model alone is scored: the fraction of test
+    images whose predicted task is right (its "TII accuracy")."""
+    c = self.config
+    class_to_task = jnp.asarray(self.split.class_to_task)
+    seen = jnp.asarray(self.split.seen_mask(t))
+    stage = next(s for s in self.stages if s.name == stage_name)
+    steps = self._steps(stage)
+    tii = next((s for s in self.stages if s.name == 'task_identity'), None)
+    tii_steps = self._steps(tii) if tii is not None else None
+    acc, task_acc = np.zeros(t + 1), np.zeros(t + 1)
+    for i in range(t + 1):
+      indices = self.data.test.indices_of(self.split.tasks[i])
+      correct = task_correct = total = 0
+      for batch in self._batches(indices, False, (0,), False, c.eval_batch_size):
+        ids = jnp.zeros_like(batch.labels)
+        if tii is not None:
+          tii_logits, _ = tii_steps['predict'](state['task_identity']['params'], self.backbone,
+                                               batch.images, ids, batch.mask)
+          ids = task_identity.predict_task(tii_logits, seen, class_to_task)
+        if stage_name == 'task_identity':
+          logits, used = None, ids
+        else:
+          logits, used = steps['predict'](state[stage_name]['params'], self.backbone, batch.images,
+                                          ids, batch.mask)
+          if c.mask_test_logits:
+            logits = mask_logits(logits, seen)
+        mask = np.asarray(batch.mask)
+        labels = np.asarray(batch.labels)
+        if logits is not None:
+          correct += int(((np.asarray(jnp.argmax(logits, -1)) == labels) & mask).sum())
+        task_correct += int(((np.asarray(used) == np.asarray(self.split.class_to_task)[labels]) & mask).sum())
+        total += int(mask.sum())
+      acc[i] = 100.0 * correct / max(total, 1)
+      task_acc[i] = 100.0 * task_correct / max(total, 1)
+    return acc, task_acc
+
+  # --------------------------------------------------------------------------- run
+
+  def _record(self, entry: Dict[str, Any]) -> None:
+    if jax.process_index() != 0 or not self.workdir:
+      return
+    with open(os.path.join(self.workdir, 'metrics.jsonl'), 'a') as f:
+      f.write(json.dumps({'time': round(time.time(), 3), **entry}) + '\n')
+
+  def _check_workdir(self):
+    path = os.path.join(self.workdir, 'config.json')
+    current = config_lib.to_json(self.config)
+    if os.path.exists(path):
+      with open(path) as f:
+        saved = json.load(f)
+      differ = config_lib.differences(saved, current, ignore=('log_every_steps', 'stop_after_task'))
+      if differ:
+        raise ConfigError(f'{self.workdir} holds a run of a different config ({"; ".join(differ[:4])}); '
+                          f'use another --workdir, or delete that one to start over')
+    else:
+      os.makedirs(self.workdir, exist_ok=True)
+      with open(path, 'w') as f:
+        json.dump(current, f, indent=2, sort_keys=True)
+
+  def run(self) -> Dict[str, Any]:
+    c = self.config
+    self._check_workdir()
+    ckpt = task_checkpoints.RunCheckpoints(self.workdir)
+    state = self.initial_state()
+    latest = ckpt.latest_step()
+    done_step = 0
+    if latest is not None:
+      state = ckpt.restore(latest, state)
+      done_step = int(state['step'])
+      task, stage = task_checkpoints.step_stage(done_step)
+      self._log(f'resuming {self.workdir}: task {task + 1} {stage} stage already done')
+    self._log(f'{self.data.description}: {self.num_tasks} tasks, {self.num_classes} classes; '
+              f'method {c.method}; backbone {c.backbone.name} ({self.vit_cfg.embed_dim}d x '
+              f'{self.vit_cfg.depth}); {self.mesh.devices.size} device(s)')
+    run_start = time.time()
+    last_task = self.num_tasks
+    if c.stop_after_task:
+      last_task = min(last_task, c.stop_after_task)
+    for t in range(last_task):
+      for stage in self.stages:
+        step = task_checkpoints.stage_step(t, stage.name)
+        if step <= done_step:
+          continue
+        stage_start = time.time()
+        s = self.train_stage(stage, state[stage.name], t)
+        state = {**state, stage.name: s}
+        if self.method.uses_statistics or stage.name == 'task_identity':
+          state[stage.name] = self.update_statistics(stage, state[stage.name], t)
+        if stage.name == 'task_identity':
+          before = self.evaluate(state, t, 'task_identity')[1]
+          if t > 0:
+            state[stage.name] = self.align(stage, state[stage.name], t)
+          after = self.evaluate(state, t, 'task_identity')[1]
+          state['stage1_task_identity_accuracy'][:, t] = [before.mean(), after.mean()]
+          self._log(f'task {t + 1} task-identity model: accuracy of predicted task '
+                    f'{before.mean():.2f}% before alignment, {after.mean():.2f}% after')
+        else:
+          if self.method.uses_statistics and t > 0:
+            acc_before, _ = self.evaluate(state, t)
+            state['accuracy_before_alignment'][: t + 1, t] = acc_before
+            state[stage.name] = self.align(stage, state[stage.name], t)
+          acc, task_acc = self.evaluate(state, t)
+          state['accuracy'][: t + 1, t] = acc
+          state['task_identity_accuracy'][: t + 1, t] = task_acc
+          if not (self.method.uses_statistics and t > 0):
+            state['accuracy_before_alignment'][: t + 1, t] = acc
+          self._report(state, t)
+        state['step'] = np.array(step, np.int32)
+        ckpt.save(step, state, state[stage.name]['params'])
+        self._record({'stage': stage.name, 'task': t, 'event': 'stage_done',
+                      'seconds': round(time.time() - stage_start, 2)})
+    ckpt.close()
+    results = self._results(state, time.time() - run_start)
+    if jax.process_index() == 0:
+      with open(os.path.join(self.workdir, 'results.json'), 'w') as f:
+        json.dump(results, f, indent=2)
+    return results
+
+  def _report(self, state, t: int):
+    acc = state['accuracy']
+    summary = metrics.summary(acc, t, state['task_identity_accuracy'])
+    before = metrics.summary(state['accuracy_before_alignment'], t)
+    self._log(metrics.format_matrix(acc, t, f'after task {t + 1}: accuracy (%), rows = test task, columns = after task'))
+    self._log(f'after task {t + 1}: average accuracy {summary["average_accuracy"]:.2f} | '
+              f'cumulative {summary["cumulative_average_accuracy"]:.2f} | '
+              f'forgetting {summary["forgetting"]:.2f} | '
+              f'task identity {summary["task_identity_accuracy"]:.2f} | '
+              f'before alignment {before["average_accuracy"]:.2f}')
+    self._record({'task': t, 'event': 'evaluation', **summary,
+                  'average_accuracy_before_alignment': before['average_accuracy']})
+
+  def _results(self, state, seconds: float) -> Dict[str, Any]:
+    acc = np.asarray(state['accuracy'])
+    T = self.num_tasks
+    return {
+        'config': config_lib.to_json(self.config),
+        'benchmark': self.data.description if self.data else '',
+        'final_average_accuracy': metrics.final_average_accuracy(acc),
+        'cumulative_average_accuracy': metrics.cumulative_average_accuracy(acc),
+        'forgetting': metrics.forgetting(acc),
+        'task_identity_accuracy': metrics.average_accuracy(np.asarray(state['task_identity_accuracy']), T - 1),
+        'final_average_accuracy_before_alignment':
+            metrics.final_average_accuracy(np.asarray(state['accuracy_before_alignment'])),
+        'accuracy_matrix': acc.tolist(),
+        'accuracy_matrix_before_alignment': np.asarray(state['accuracy_before_alignment']).tolist(),
+        'task_identity_matrix': np.asarray(state['task_identity_accuracy']).tolist(),
+        'stage1_task_identity_accuracy': np.asarray(state['stage1_task_identity_accuracy']).tolist(),
+        'seconds_this_invocation': round(seconds, 1),
+        'devices': int(self.mesh.devices.size),
+    }
+
+
+def run(config, workdir: str) -> Dict[str, Any]:
+  return Experiment(config, workdir).run()

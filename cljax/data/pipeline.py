@@ -1,0 +1,106 @@
+"""Batches from a `Dataset`: seeded shuffling, threaded decode + transforms, padding, devices.
+
+Every batch has the configured size: the last one is padded and carries a ``mask`` of the real
+examples, so one compiled step serves a whole task and the losses average over real examples
+only, as the references' smaller last batch does. Randomness is a pure function of
+(seed, purpose, example), so a run is reproducible and resumable.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import queue
+import threading
+from typing import Iterator, NamedTuple, Optional, Sequence
+
+import jax
+import numpy as np
+
+from cljax.data import transforms
+
+
+class Batch(NamedTuple):
+  images: np.ndarray   # [B, H, W, 3] float32
+  labels: np.ndarray   # [B] int32 (0 in padding)
+  mask: np.ndarray     # [B] bool, False in padding
+
+
+_POOL = None
+
+
+def _pool():
+  global _POOL
+  if _POOL is None:
+    _POOL = concurrent.futures.ThreadPoolExecutor(max(2, min(8, os.cpu_count() or 2)))
+  return _POOL
+
+
+def epoch_order(indices: np.ndarray, seed: Sequence[int], shuffle: bool) -> np.ndarray:
+  indices = np.asarray(indices)
+  if not shuffle:
+    return indices
+  return indices[np.random.default_rng(list(seed)).permutation(len(indices))]
+
+
+def num_batches(n: int, batch_size: int) -> int:
+  return -(-n // batch_size)
+
+
+def batches(dataset, indices, batch_size: int, image_size: int, train: bool,
+            seed: Sequence[int] = (0,), shuffle: bool = False, start_batch: int = 0) -> Iterator[Batch]:
+  """Batches of dataset[indices]; ``seed`` keys the order and the augmentation draws.
+
+  ``start_batch`` skips ahead without decoding (resuming mid-epoch)."""
+  order = epoch_order(indices, seed, shuffle)
+  cache = {}
+
+  def load(position_and_index):
+    position, i = position_and_index
+    family = dataset.family(i)
+    if (family, train) not in cache:
+      cache[(family, train)] = transforms.make(family, train, image_size)
+    rng = np.random.default_rng(list(seed) + [int(position)])
+    return cache[(family, train)](dataset.image(i), rng)
+
+  for b in range(start_batch, num_batches(len(order), batch_size)):
+    chunk = order[b * batch_size:(b + 1) * batch_size]
+    images = list(_pool().map(load, zip(range(b * batch_size, b * batch_size + len(chunk)), chunk)))
+    n = len(chunk)
+    out = np.zeros((batch_size, image_size, image_size, 3), np.float32)
+    out[:n] = np.stack(images)
+    labels = np.zeros(batch_size, np.int32)
+    labels[:n] = dataset.labels[chunk]
+    mask = np.zeros(batch_size, bool)
+    mask[:n] = True
+    yield Batch(out, labels, mask)
+
+
+def to_device(batch: Batch, sharding) -> Batch:
+  return Batch(*(jax.device_put(x, sharding) for x in batch))
+
+
+def prefetch(iterator: Iterator[Batch], sharding, size: int = 2) -> Iterator[Batch]:
+  """Decode/transform in a background thread and put batches on the devices ahead of use."""
+  q: queue.Queue = queue.Queue(maxsize=size)
+  sentinel = object()
+  error = []
+
+  def producer():
+    try:
+      for batch in iterator:
+        q.put(to_device(batch, sharding))
+    except BaseException as e:  # surfaced in the consumer
+      error.append(e)
+    finally:
+      q.put(sentinel)
+
+  thread = threading.Thread(target=producer, daemon=True)
+  thread.start()
+  while True:
+    item = q.get()
+    if item is sentinel:
+      if error:
+        raise error[0]
+      return
+    yield item

@@ -94,3 +94,29 @@ def test_eight_simulated_devices_give_the_same_matrix(full_run, tmp_path, data_d
   assert out.returncode == 0, out.stderr[-3000:]
   matrix = json.loads(out.stdout.split('RESULT')[-1])
   assert matrix == results['accuracy_matrix']
+
+
+def test_exported_task_checkpoint_runs_in_the_pytorch_oracle(full_run, tmp_path):
+  """`convert export` writes the references' {'model': state_dict}; the oracle loads it strictly
+  and gives the logits cljax gives."""
+  import torch
+  from cljax import convert, torch_oracle
+  from cljax.continual import task_checkpoints
+  workdir, _ = full_run
+  out = tmp_path / 'task5_checkpoint.pth'
+  convert.main(['export', workdir, str(out), '--task', '4'])
+  state = torch.load(out, weights_only=True)['model']
+  assert state['e_prompt.prompt'].shape == (2, 2, 5, 4, 3, 64)
+  assert state['e_prompt.act_scale'].shape == (2, 2, 1, 1)
+  model = torch_oracle.PromptedViT(dim=192, depth=2, heads=3, patch=8, image=16, num_classes=10,
+                                   prompt_layers=(0, 1), pool=5, length=4, gate='norga', gate_act='tanh')
+  model.load_state_dict(state)
+  params = task_checkpoints.load_params(workdir, 4)
+  spec = trainer.Experiment(tiny_config(os.path.dirname(workdir)), workdir, load_data=False).method.model
+  x = np.random.default_rng(0).random((4, 16, 16, 3), np.float32)
+  idx = np.array([0, 2, 4, 1])
+  _, ours, _ = spec(params, x, idx)
+  _, ref = model(torch.from_numpy(x).permute(0, 3, 1, 2), torch.from_numpy(idx))
+  np.testing.assert_allclose(np.asarray(ours), ref.detach().numpy(), rtol=1e-4, atol=1e-5)
+  with pytest.raises(SystemExit, match='no prompt checkpoint of task 7'):
+    convert.main(['export', workdir, str(out), '--task', '7'])

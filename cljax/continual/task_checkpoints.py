@@ -83,6 +83,6 @@ def load_params(workdir: str, task: int, stage: str = 'prompt'):
   if step not in manager.all_steps():
     raise CheckpointError(f'{workdir} has no {stage} checkpoint of task {task} '
                           f'(completed steps: {sorted(manager.all_steps())})')
-  template = experiment.stage_template(stage)
-  params = manager.restore(step, args=ocp.args.StandardRestore(jax.tree.map(np.asarray, template)))
+  template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), experiment.stage_template(stage))
+  params = manager.restore(step, args=ocp.args.StandardRestore(template))
   return {'backbone': jax.tree.map(np.asarray, experiment.backbone), **params}

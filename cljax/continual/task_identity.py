@@ -20,7 +20,7 @@ def build(config, vit_cfg, num_classes: int) -> Method:
                           fc_norm=not vit_cfg.final_norm, dtype=jnp.dtype(config.dtype))
 
   def init(rng):
-    return {'classifier': model.init(rng)['classifier']}
+    return model.init_trainable(rng)
 
   def loss(params, backbone, images, labels, mask, t, context):
     full = {'backbone': backbone, **params}

@@ -93,25 +93,23 @@ def tfds_split(name: str, split: str, data_dir: str = '', manual_dir: str = ''):
     builder = tfds.builder(name, data_dir=data_dir or None, file_format='array_record')
   except Exception as e:  # unknown name etc.
     raise DataError(f'tfds has no builder {name!r}: {str(e).splitlines()[0]}') from e
-  if not builder.is_prepared():
-    if name in OFFLINE_BUILDERS or manual_dir:
-      kwargs = {}
-      if manual_dir:
-        if not os.path.isdir(manual_dir):
-          raise DataError(f'{name}: folder {manual_dir} does not exist. '
-                          f'{getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", "")}')
-        kwargs['download_config'] = tfds.download.DownloadConfig(manual_dir=manual_dir)
-      builder.download_and_prepare(file_format='array_record', **kwargs)
-    else:
-      raise DataError(_prepare_hint(name, data_dir))
   image_feature = builder.info.features['image']
   decoders = None
   if isinstance(image_feature, tfds.features.Image):
     decoders = {'image': tfds.decode.SkipDecoding()}   # decode lazily, per batch
   try:
-    source = builder.as_data_source(split, decoders=decoders)
-  except Exception as e:
-    raise DataError(f'{_prepare_hint(name, data_dir)} ({str(e).splitlines()[0]})') from e
+    return builder.as_data_source(split, decoders=decoders), builder.info
+  except Exception as e:  # not prepared (or prepared as tfrecord, which needs TensorFlow to read)
+    if not (name in OFFLINE_BUILDERS or manual_dir):
+      raise DataError(f'{_prepare_hint(name, data_dir)} ({str(e).strip().splitlines()[0]})') from e
+  kwargs = {}
+  if manual_dir:
+    if not os.path.isdir(manual_dir):
+      raise DataError(f'{name}: folder {manual_dir} does not exist. '
+                      f'{getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", "")}')
+    kwargs['download_config'] = tfds.download.DownloadConfig(manual_dir=manual_dir)
+  builder.download_and_prepare(file_format='array_record', **kwargs)
+  source = builder.as_data_source(split, decoders=decoders)
   return source, builder.info
 
 
@@ -133,7 +131,7 @@ def member_from_tfds(name: str, split: str, family: str, data_dir: str = '', man
   shape = getattr(info.features['image'], 'shape', None)
   fixed = shape is not None and None not in shape
   if fixed and len(indices) * int(np.prod(shape)) <= MATERIALISE_BYTES:
-    examples = source.__getitems__([int(i) for i in indices])
+    examples = [source[int(i)] for i in indices]
     images = np.stack([_decode(e['image']) for e in examples])
     labels = np.array([int(e['label']) for e in examples], np.int64)
     fetch = images.__getitem__

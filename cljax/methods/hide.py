@@ -20,10 +20,6 @@ from cljax.models.assembly import PromptedViTSpec
 from cljax.models.prompts import PoolSpec
 
 
-def _trainable(params):
-  return {k: params[k] for k in ('prompts', 'classifier') if k in params}
-
-
 def momentum_pool(prompt, t, momentum: float):
   """The pool used in training: entry t replaced by (1-m) P_t + m sg(mean_{s<t} P_s) (t > 0)."""
   if momentum <= 0:
@@ -56,7 +52,7 @@ def build_prompted(config, vit_cfg, num_classes: int, num_tasks: int) -> Method:
   batchwise = bool(p.batchwise_prompt)
 
   def init(rng):
-    return _trainable(model.init(rng))
+    return model.init_trainable(rng)
 
   def begin_task(params, t):
     if t == 0:
@@ -121,7 +117,7 @@ def build_sequential_head(config, vit_cfg, num_classes: int, num_tasks: int) -> 
                           dtype=jnp.dtype(config.dtype))
 
   def init(rng):
-    return _trainable(model.init(rng))
+    return model.init_trainable(rng)
 
   def loss(params, backbone, images, labels, mask, t, context):
     full = {'backbone': backbone, **params}

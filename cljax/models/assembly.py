@@ -53,6 +53,14 @@ class PromptedViTSpec:
       params['prompts'] = {'e_prompt': self.pool.init(k_prompt, self.vit)}
     return params
 
+  def init_trainable(self, rng):
+    """The classifier (and prompts) alone: what methods train; the backbone is loaded."""
+    _, k_clf, k_prompt = jax.random.split(rng, 3)
+    params = {'classifier': self.classifier.init(k_clf, jnp.zeros((1, self.vit.embed_dim)))['params']}
+    if self.pool is not None:
+      params['prompts'] = {'e_prompt': self.pool.init(k_prompt, self.vit)}
+    return params
+
   def template(self):
     """Shape-only params (no computation), for checkpoint conversion."""
     return jax.eval_shape(self.init, jax.random.PRNGKey(0))

@@ -61,3 +61,11 @@ def put(array: np.ndarray, sharding: NamedSharding):
     return jax.device_put(array, sharding)
   global_shape = (array.shape[0] * jax.process_count(),) + array.shape[1:]
   return jax.make_array_from_process_local_data(sharding, array, global_shape)
+
+
+def to_host(array) -> np.ndarray:
+  """A global array as one numpy array on every host."""
+  if jax.process_count() == 1:
+    return np.asarray(array)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return np.asarray(multihost_utils.process_allgather(array, tiled=True))

@@ -194,7 +194,8 @@ class Experiment:
 
   def _batches(self, indices, train: bool, seed, shuffle: bool, batch_size: int):
     it = pipeline.batches(self.data.train if train else self.data.test, indices, batch_size,
-                          self.config.backbone.image_size, train=train, seed=seed, shuffle=shuffle)
+                          self.config.backbone.image_size, train=train, seed=seed, shuffle=shuffle,
+                          rows=parallel.host_rows(batch_size))
     if self.config.dry_run:
       it = (b for i, b in zip(range(self.config.dry_run_steps), it))
     return pipeline.prefetch(it, self.data_sharding)
@@ -203,7 +204,7 @@ class Experiment:
     """Training images (train transform) or training images with the test transform (stats)."""
     it = pipeline.batches(self.data.train, indices, self.config.batch_size,
                           self.config.backbone.image_size, train=train_transform, seed=seed,
-                          shuffle=shuffle)
+                          shuffle=shuffle, rows=parallel.host_rows(self.config.batch_size))
     if self.config.dry_run:
       it = (b for i, b in zip(range(self.config.dry_run_steps), it))
     return pipeline.prefetch(it, self.data_sharding)
@@ -271,9 +272,9 @@ class Experiment:
     t_arr = jnp.asarray(t, jnp.int32)
     for batch in self._train_batches(indices, False, (c.seed, 9, t), shuffle=False):
       f = steps['features'](stage_state['params'], self.backbone, batch.images, t_arr, batch.mask)
-      keep = np.asarray(batch.mask)
-      feats.append(np.asarray(f, np.float32)[keep])
-      labels.append(np.asarray(batch.labels)[keep])
+      keep = parallel.to_host(batch.mask)
+      feats.append(parallel.to_host(f).astype(np.float32)[keep])
+      labels.append(parallel.to_host(batch.labels)[keep])
     feats, labels = np.concatenate(feats), np.concatenate(labels)
     classes = [k for k in self.split.tasks[t] if (labels == k).any()]
     stats = alignment.update_statistics(stage_state['stats'], feats, labels, classes,
@@ -439,13 +440,20 @@ class Experiment:
           self._report(state, t)
         state['step'] = np.array(step, np.int32)
         ckpt.save(step, state, state[stage.name]['params'])
+        self._write_results(state, time.time() - run_start)
         self._record({'stage': stage.name, 'task': t, 'event': 'stage_done',
                       'seconds': round(time.time() - stage_start, 2)})
     ckpt.close()
-    results = self._results(state, time.time() - run_start)
+    return self._write_results(state, time.time() - run_start)
+
+  def _write_results(self, state, seconds):
+    """results.json after every stage: what a user reads while a run goes on."""
+    results = self._results(state, seconds)
     if jax.process_index() == 0:
-      with open(os.path.join(self.workdir, 'results.json'), 'w') as f:
+      tmp = os.path.join(self.workdir, 'results.json.tmp')
+      with open(tmp, 'w') as f:
         json.dump(results, f, indent=2)
+      os.replace(tmp, os.path.join(self.workdir, 'results.json'))   # never a half-written file
     return results
 
   def _report(self, state, t: int):
@@ -477,6 +485,7 @@ class Experiment:
         'accuracy_matrix_before_alignment': np.asarray(state['accuracy_before_alignment']).tolist(),
         'task_identity_matrix': np.asarray(state['task_identity_accuracy']).tolist(),
         'stage1_task_identity_accuracy': np.asarray(state['stage1_task_identity_accuracy']).tolist(),
+        'tasks_completed': int(state['step']) // 2,
         'seconds_this_invocation': round(seconds, 1),
         'devices': int(self.mesh.devices.size),
     }

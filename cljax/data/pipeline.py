@@ -48,10 +48,13 @@ def num_batches(n: int, batch_size: int) -> int:
 
 
 def batches(dataset, indices, batch_size: int, image_size: int, train: bool,
-            seed: Sequence[int] = (0,), shuffle: bool = False, start_batch: int = 0) -> Iterator[Batch]:
+            seed: Sequence[int] = (0,), shuffle: bool = False, start_batch: int = 0,
+            rows: Optional[tuple] = None) -> Iterator[Batch]:
   """Batches of dataset[indices]; ``seed`` keys the order and the augmentation draws.
 
-  ``start_batch`` skips ahead without decoding (resuming mid-epoch)."""
+  ``start_batch`` skips ahead without decoding (resuming mid-epoch). ``rows=(start, end)``
+  yields only those rows of every global batch: on several hosts each decodes its own share
+  (`cljax.parallel.host_rows`)."""
   order = epoch_order(indices, seed, shuffle)
   cache = {}
 
@@ -63,21 +66,27 @@ def batches(dataset, indices, batch_size: int, image_size: int, train: bool,
     rng = np.random.default_rng(list(seed) + [int(position)])
     return cache[(family, train)](dataset.image(i), rng)
 
+  start, end = rows or (0, batch_size)
   for b in range(start_batch, num_batches(len(order), batch_size)):
-    chunk = order[b * batch_size:(b + 1) * batch_size]
-    images = list(_pool().map(load, zip(range(b * batch_size, b * batch_size + len(chunk)), chunk)))
-    n = len(chunk)
-    out = np.zeros((batch_size, image_size, image_size, 3), np.float32)
-    out[:n] = np.stack(images)
-    labels = np.zeros(batch_size, np.int32)
+    positions = np.arange(b * batch_size + start, b * batch_size + end)
+    real = positions < len(order)
+    chunk = order[positions[real]]
+    images = list(_pool().map(load, zip(positions[real], chunk)))
+    n, size = len(chunk), end - start
+    out = np.zeros((size, image_size, image_size, 3), np.float32)
+    if n:
+      out[:n] = np.stack(images)
+    labels = np.zeros(size, np.int32)
     labels[:n] = dataset.labels[chunk]
-    mask = np.zeros(batch_size, bool)
+    mask = np.zeros(size, bool)
     mask[:n] = True
     yield Batch(out, labels, mask)
 
 
 def to_device(batch: Batch, sharding) -> Batch:
-  return Batch(*(jax.device_put(x, sharding) for x in batch))
+  """A global batch from this host's rows (see `cljax.parallel.put`)."""
+  from cljax import parallel  # pylint: disable=g-import-not-at-top
+  return Batch(*(parallel.put(x, sharding) for x in batch))
 
 
 def prefetch(iterator: Iterator[Batch], sharding, size: int = 2) -> Iterator[Batch]:

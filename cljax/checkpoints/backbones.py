@@ -135,9 +135,16 @@ def template(config: ViTConfig):
 
 
 def backbone_from_state_dict(sd: Dict[str, np.ndarray], config: ViTConfig,
-                             what: str = 'checkpoint') -> Tuple[dict, List[str]]:
-  """Backbone params from a normalised timm-named state dict; returns (params, notes)."""
+                             what: str = 'checkpoint', truncate: bool = False) -> Tuple[dict, List[str]]:
+  """Backbone params from a normalised timm-named state dict; returns (params, notes).
+
+  ``truncate`` keeps the first config.depth blocks of a deeper checkpoint (tests, debugging)."""
   notes = []
+  if truncate:
+    deeper = [k for k in sd if k.startswith('blocks.') and int(k.split('.')[1]) >= config.depth]
+    if deeper:
+      notes.append(f'kept the first {config.depth} blocks ({len(deeper)} keys of deeper blocks dropped)')
+      sd = {k: v for k, v in sd.items() if k not in set(deeper)}
   dropped = sorted(k for k in sd if not k.startswith(BACKBONE_PREFIXES))
   if not config.final_norm:
     dropped += sorted(k for k in sd if k.startswith('norm.'))   # MoCo v3: norm -> fc_norm
@@ -153,9 +160,9 @@ def backbone_from_state_dict(sd: Dict[str, np.ndarray], config: ViTConfig,
   return params, notes
 
 
-def load_backbone(path: str, config: ViTConfig) -> Tuple[dict, List[str]]:
+def load_backbone(path: str, config: ViTConfig, truncate: bool = False) -> Tuple[dict, List[str]]:
   """Backbone params (numpy float32) from any supported checkpoint file; returns (params, notes)."""
-  return backbone_from_state_dict(normalise_keys(files.read(path)), config, what=path)
+  return backbone_from_state_dict(normalise_keys(files.read(path)), config, what=path, truncate=truncate)
 
 
 # ----------------------------------------------------------------------------- named backbones

@@ -95,7 +95,7 @@ def write(path: str, state_dict: Mapping[str, np.ndarray], wrap_key: str = 'mode
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   if suffix in TORCH_SUFFIXES:
     torch = _torch()
-    tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state_dict.items()}
+    tensors = {k: torch.from_numpy(np.array(v, copy=True)) for k, v in state_dict.items()}
     torch.save({wrap_key: tensors} if wrap_key else tensors, path)
   elif suffix == '.safetensors':
     from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top

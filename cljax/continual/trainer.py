@@ -121,7 +121,7 @@ class Experiment:
       if not os.path.exists(path):
         raise CheckpointError(f'backbone weights {path} do not exist: get {info.file} '
                               f'({info.how_to_get}) and put it there, or set config.backbone.weights')
-      params, notes = backbone_lib.load_backbone(path, self.vit_cfg)
+      params, notes = backbone_lib.load_backbone(path, self.vit_cfg, truncate=bool(c.backbone.depth))
       for n in notes:
         self._log(f'backbone: {n}')
     return jax.device_put(params, self.replicated)

@@ -37,18 +37,53 @@ def epoch_lr(base: float, epoch: int, schedule: str, epochs: int, decay_epochs: 
   raise one_of('schedule', schedule, ('constant', 'step', 'cosine'))
 
 
+def smope_cosine_lr(base: float, epoch: int, epochs: int) -> float:
+  """[S]'s CosineSchedule (CUB): created at epoch 0 and stepped at the start of epochs >= 1, so
+  epochs 0 and 1 run at base and epoch e >= 1 at base * cos(99 pi (e - 1) / (200 (K - 1)))."""
+  if epoch == 0 or epochs <= 1:
+    return base
+  return base * math.cos(99 * math.pi * (epoch - 1) / (200 * (epochs - 1)))
+
+
+def coswm_lr(base: float, iteration: int, total: int, freeze: int = 0, warmup: int = 0,
+             final: float = 1e-6, start_warmup: float = 0.0, first: float = None) -> float:
+  """[S]'s CosineSchedulerIter, stepped after every iteration: iteration 0 runs at the
+  optimizer's own lr (``first``, default base), iteration i >= 1 at schedule[i - 1], where the
+  schedule is ``freeze`` iterations at 1e-6, a linear warm-up, then a cosine from base to final
+  over the rest of ``total`` iterations; past ``total``, final."""
+  if iteration == 0:
+    return base if first is None else first
+  i = iteration - 1
+  if i >= total:
+    return final
+  if i < freeze:
+    return 1e-6
+  if i < freeze + warmup:
+    return start_warmup + (base - start_warmup) * (i - freeze) / max(warmup - 1, 1)
+  k, n = i - freeze - warmup, total - freeze - warmup
+  return final + 0.5 * (base - final) * (1 + math.cos(math.pi * k / n))
+
+
 def cosine_annealing_lr(base: float, epoch: int, t_max: int) -> float:
   """torch CosineAnnealingLR(T_max), eta_min 0, stepped after each epoch (alignment)."""
   return base * 0.5 * (1 + math.cos(math.pi * epoch / t_max))
 
 
-def transform(name: str, clip: float = 0.0, momentum: float = 0.9) -> optax.GradientTransformation:
-  """The direction of the update before the lr: clip -> Adam/SGD-momentum statistics."""
+def transform(name: str, clip: float = 0.0, momentum: float = 0.9,
+              weight_decay: float = 0.0) -> optax.GradientTransformation:
+  """The direction of the update before the lr: clip -> Adam/SGD-momentum statistics.
+
+  ``weight_decay`` (AdamW: decoupled, as torch.optim.AdamW; SGD: added to the gradient, as
+  torch.optim.SGD). The references' HiDe-family configs end up with 0 (quirk 11.3)."""
   parts = []
   if clip and clip > 0:
     parts.append(optax.clip_by_global_norm(clip))
-  if name in ('adam', 'adamw'):     # weight decay is 0 in every reference config (quirk 11.3)
+  if name == 'sgd' and weight_decay:
+    parts.append(optax.add_decayed_weights(weight_decay))
+  if name in ('adam', 'adamw'):
     parts.append(optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8))
+    if name == 'adamw' and weight_decay:
+      parts.append(optax.add_decayed_weights(weight_decay))
   elif name == 'sgd':
     parts.append(optax.trace(decay=momentum, nesterov=False))
   else:
@@ -62,3 +97,24 @@ def apply(tx: optax.GradientTransformation, grads, opt_state, params, lr_tree, l
   updates, opt_state = tx.update(grads, opt_state, params)
   params = jax.tree.map(lambda p, u, lr: p - (lr * lr_scale) * u, params, updates, lr_tree)
   return params, opt_state
+
+
+SCHEDULES = ('constant', 'step', 'cosine', 'smope_cosine', 'coswm')
+
+
+def schedule(cfg, base: float, epochs: int, steps_per_epoch: int, global_cfg=None):
+  """iteration -> lr for a stage config (``cfg.schedule``; coswm reads cfg.iter_step,
+  cfg.freeze_iters, cfg.warmup_epochs)."""
+  kind = cfg.schedule
+  g = global_cfg
+  if kind in ('constant', 'step', 'cosine'):
+    kw = dict(decay_epochs=g.decay_epochs, decay_rate=g.decay_rate, min_lr=g.min_lr) if g else {}
+    return lambda it: epoch_lr(base, it // max(steps_per_epoch, 1), kind, epochs, **kw)
+  if kind == 'smope_cosine':
+    return lambda it: smope_cosine_lr(base, it // max(steps_per_epoch, 1), epochs)
+  if kind == 'coswm':
+    iter_step = cfg.get('iter_step', 0) or steps_per_epoch
+    total = iter_step * epochs
+    return lambda it: coswm_lr(base, it, total, cfg.get('freeze_iters', 0),
+                               cfg.get('warmup_epochs', 0) * iter_step)
+  raise one_of('schedule', kind, SCHEDULES)

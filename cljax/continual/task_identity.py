@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from cljax.methods.base import Method, cross_entropy, mask_logits
+from cljax.methods.base import Method, accuracy, cross_entropy, mask_logits
 from cljax.models.assembly import PromptedViTSpec
 
 
@@ -22,24 +22,22 @@ def build(config, vit_cfg, num_classes: int) -> Method:
   def init(rng):
     return model.init_trainable(rng)
 
-  def loss(params, backbone, images, labels, mask, t, context):
+  def loss(params, state, backbone, images, labels, mask, t, context):
     full = {'backbone': backbone, **params}
     pre, _ = model.features(full, images)
     logits = mask_logits(model.logits(full, pre), context['task_mask'])
     ce = cross_entropy(logits, labels, mask)
-    correct = (jnp.argmax(logits, -1) == labels) & mask
-    return ce, {'ce': ce, 'accuracy': 100.0 * correct.sum() / jnp.maximum(mask.sum(), 1)}
+    return ce, {'ce': ce, 'accuracy': accuracy(logits, labels, mask)}
 
-  def features(params, backbone, images, t, mask):
+  def features(params, state, backbone, images, t, mask):
     return model.features({'backbone': backbone, **params}, images)[0]
 
-  def predict(params, backbone, images, prompt_ids, mask):
+  def predict(params, state, backbone, images, prompt_ids, mask):
     full = {'backbone': backbone, **params}
     return model.logits(full, model.features(full, images)[0]), prompt_ids
 
-  return Method('task_identity', model, init, lambda p, t: p,
-                lambda p, t: jax.tree.map(lambda _: 1.0, p), loss, lambda p, t: p, features,
-                predict, uses_statistics=True, alignment_samples_per_class=config.batch_size)
+  return Method('task_identity', model, init, lambda p, t: jax.tree.map(lambda _: 1.0, p), loss,
+                features, predict, uses_statistics=True, alignment_samples_per_class=config.batch_size)
 
 
 def predict_task(logits, seen_mask, class_to_task):

@@ -139,13 +139,15 @@ class Experiment:
   def _steps(self, stage: StageSetup):
     if stage.name in self._jitted:
       return self._jitted[stage.name]
-    method = stage.method
-    tx = optim.transform(stage.cfg.optimizer, stage.cfg.clip_grad)
-    ca_tx = optim.transform('sgd')
+    method, cfg = stage.method, stage.cfg
+    tx = optim.transform(cfg.optimizer, cfg.clip_grad, weight_decay=cfg.get('weight_decay', 0.0))
+    ca_tx = optim.transform(cfg.get('ca_optimizer', 'sgd'), 0.0,
+                            weight_decay=cfg.get('ca_weight_decay', 0.0))
 
-    def train_step(params, opt_state, backbone, images, labels, mask, t, context, lr, lr_tree):
+    def train_step(params, opt_state, method_state, backbone, images, labels, mask, t, context, lr,
+                   lr_tree, flags=()):
       (loss, aux), grads = jax.value_and_grad(method.loss, has_aux=True)(
-          params, backbone, images, labels, mask, t, context)
+          params, method_state, backbone, images, labels, mask, t, context, **dict(flags))
       params, opt_state = optim.apply(tx, grads, opt_state, params, lr_tree, lr)
       return params, opt_state, {'loss': loss, **aux}
 
@@ -159,7 +161,7 @@ class Experiment:
 
     steps = {
         'tx': tx, 'ca_tx': ca_tx,
-        'train': jax.jit(train_step, donate_argnums=(0, 1)),
+        'train': jax.jit(train_step, donate_argnums=(0, 1), static_argnames=('flags',)),
         'ca': jax.jit(ca_step, donate_argnums=(0, 1)),
         'features': jax.jit(method.features),
         'predict': jax.jit(method.predict),
@@ -178,6 +180,7 @@ class Experiment:
     for i, stage in enumerate(self.stages):
       state[stage.name] = {
           'params': jax.jit(stage.method.init)(jax.random.fold_in(rng, i)),
+          'method_state': stage.method.init_state(),
           'stats': ClassStats.empty(self.num_classes, dim, stage.stats_method, c.statistics.n_centroids),
       }
     T = self.num_tasks
@@ -189,29 +192,28 @@ class Experiment:
 
   # --------------------------------------------------------------------------- loops
 
-  def _put(self, batch: pipeline.Batch):
-    return pipeline.to_device(batch, self.data_sharding)
+  def _limit(self, iterator):
+    if self.config.dry_run:
+      return (b for _, b in zip(range(self.config.dry_run_steps), iterator))
+    return iterator
 
   def _batches(self, indices, train: bool, seed, shuffle: bool, batch_size: int):
     it = pipeline.batches(self.data.train if train else self.data.test, indices, batch_size,
                           self.config.backbone.image_size, train=train, seed=seed, shuffle=shuffle,
                           rows=parallel.host_rows(batch_size))
-    if self.config.dry_run:
-      it = (b for i, b in zip(range(self.config.dry_run_steps), it))
-    return pipeline.prefetch(it, self.data_sharding)
+    return pipeline.prefetch(self._limit(it), self.data_sharding)
 
   def _train_batches(self, indices, train_transform: bool, seed, shuffle):
     """Training images (train transform) or training images with the test transform (stats)."""
     it = pipeline.batches(self.data.train, indices, self.config.batch_size,
                           self.config.backbone.image_size, train=train_transform, seed=seed,
                           shuffle=shuffle, rows=parallel.host_rows(self.config.batch_size))
-    if self.config.dry_run:
-      it = (b for i, b in zip(range(self.config.dry_run_steps), it))
-    return pipeline.prefetch(it, self.data_sharding)
+    return pipeline.prefetch(self._limit(it), self.data_sharding)
 
   def _context(self, stage_state, t: int):
     means, valid = stage_state['stats'].means()
     return {'task_mask': jnp.asarray(self.split.task_mask(t)),
+            'seen_mask': jnp.asarray(self.split.seen_mask(t)),
             'means': jnp.asarray(means), 'means_valid': jnp.asarray(valid)}
 
   def train_stage(self, stage: StageSetup, stage_state, t: int):
@@ -219,59 +221,78 @@ class Experiment:
     c = self.config
     steps = self._steps(stage)
     method = stage.method
-    params = method.begin_task(jax.tree.map(jnp.asarray, stage_state['params']), t)
-    epochs = stage.cfg.epochs
-    if c.dry_run:
-      epochs = min(epochs, 1)
+    params, method_state = method.begin_task(jax.tree.map(jnp.asarray, stage_state['params']),
+                                             jax.tree.map(jnp.asarray, stage_state['method_state']), t)
     indices = self.data.train.indices_of(self.split.tasks[t])
     n_batches = pipeline.num_batches(len(indices), c.batch_size)
     if c.dry_run:
       n_batches = min(n_batches, c.dry_run_steps)
-    params = jax.device_put(params, self.replicated)
-    opt_state = steps['tx'].init(params)     # the references re-create the optimizer every task
-    lr_tree = jax.tree.map(jnp.float32, method.lr_multipliers(params, t))
     context = self._context(stage_state, t)
     t_arr = jnp.asarray(t, jnp.int32)
-    start = time.time()
-    seen_images = 0
-    for epoch in range(epochs):
-      lr = optim.epoch_lr(stage.cfg.lr * stage.lr_scale, epoch, stage.cfg.schedule, stage.cfg.epochs,
-                          c.schedule.decay_epochs, c.schedule.decay_rate, c.schedule.min_lr)
-      sums, count = {}, 0
-      seed = (c.seed, 1 + self.stages.index(stage), t, epoch)
-      for b, batch in enumerate(self._train_batches(indices, True, seed, shuffle=True)):
-        params, opt_state, m = steps['train'](params, opt_state, self.backbone, batch.images,
-                                              batch.labels, batch.mask, t_arr, context,
-                                              jnp.float32(lr), lr_tree)
-        for k, v in m.items():
-          sums[k] = sums.get(k, 0.0) + v
-        count += 1
-        if c.log_every_steps and (b + 1) % c.log_every_steps == 0:
-          self._log(f'  [{stage.name}] task {t + 1} epoch {epoch + 1}/{epochs} step {b + 1}/{n_batches} '
-                    f'loss {float(m["loss"]):.4f}')
-      host = {k: float(v) / max(count, 1) for k, v in sums.items()}
-      seen_images += min(len(indices), count * c.batch_size)
-      if not all(np.isfinite(v) for v in host.values()):
-        raise FloatingPointError(f'non-finite loss in {stage.name} stage, task {t + 1}, epoch {epoch + 1}: {host}')
-      elapsed = time.time() - start
-      rate = seen_images / max(elapsed, 1e-9)
-      eta = elapsed / (epoch + 1) * (epochs - epoch - 1)
-      self._log(f'  [{stage.name}] task {t + 1}/{self.num_tasks} epoch {epoch + 1}/{epochs} lr {lr:.2e} '
-                + ' '.join(f'{k} {v:.4f}' for k, v in host.items())
-                + f' | {rate:.0f} img/s, eta {eta:.0f}s')
-      self._record({'stage': stage.name, 'task': t, 'epoch': epoch, 'lr': lr, 'img_per_s': rate, **host})
-    params = method.end_task(params, t)
-    return {**stage_state, 'params': params}
+    stage_id = 1 + self.stages.index(stage)
+    for p_index, phase in enumerate(method.training_phases(t, stage.cfg.epochs)):
+      epochs = min(phase.epochs, 1) if c.dry_run else phase.epochs
+      params = jax.device_put(params, self.replicated)
+      opt_state = steps['tx'].init(params)     # the references re-create the optimizer every task
+      lr_tree = jax.tree.map(jnp.float32, method.lr_multipliers(params, t))
+      lr_at = optim.schedule(stage.cfg, stage.cfg.lr * stage.lr_scale, phase.epochs, n_batches, c.schedule)
+      if stage.cfg.get('schedule_first_task_only', False) and t > 0:
+        lr_at = lambda it, base=stage.cfg.lr * stage.lr_scale: base   # quirk 11.8 (DualPrompt CUB)
+      start, iteration = time.time(), 0
+      tag = f'[{stage.name}{"/" + phase.name if phase.name != "train" else ""}]'
+      for epoch in range(epochs):
+        sums, count = {}, 0
+        seed = (c.seed, stage_id, t, p_index, epoch)
+        for b, batch in enumerate(self._train_batches(indices, True, seed, shuffle=True)):
+          lr = lr_at(iteration)
+          params, opt_state, m = steps['train'](params, opt_state, method_state, self.backbone,
+                                                batch.images, batch.labels, batch.mask, t_arr,
+                                                context, jnp.float32(lr), lr_tree, flags=phase.flags)
+          iteration += 1
+          for k, v in m.items():
+            sums[k] = sums.get(k, 0.0) + v
+          count += 1
+          if c.log_every_steps and (b + 1) % c.log_every_steps == 0:
+            self._log(f'  {tag} task {t + 1} epoch {epoch + 1}/{epochs} step {b + 1}/{n_batches} '
+                      f'loss {float(m["loss"]):.4f}')
+        host = {k: float(v) / max(count, 1) for k, v in sums.items()}
+        if not all(np.isfinite(v) for v in host.values()):
+          raise FloatingPointError(f'non-finite loss in {stage.name} stage, task {t + 1}, epoch {epoch + 1}: {host}')
+        elapsed = time.time() - start
+        rate = min(len(indices), count * c.batch_size) * (epoch + 1) / max(elapsed, 1e-9)
+        eta = elapsed / (epoch + 1) * (epochs - epoch - 1)
+        self._log(f'  {tag} task {t + 1}/{self.num_tasks} epoch {epoch + 1}/{epochs} lr {lr:.2e} '
+                  + ' '.join(f'{k} {v:.4f}' for k, v in sorted(host.items(), key=lambda kv: kv[0] != 'loss'))
+                  + f' | {rate:.0f} img/s, eta {eta:.0f}s')
+        self._record({'stage': stage.name, 'phase': phase.name, 'task': t, 'epoch': epoch, 'lr': lr,
+                      'img_per_s': rate, **host})
+    params, method_state = method.end_task(params, method_state, t)
+    if method.after_training is not None:
+      method_state = method.after_training(params, method_state, t, self._pass_runner(stage, indices, t))
+    return {**stage_state, 'params': params, 'method_state': method_state}
+
+  def _pass_runner(self, stage, indices, t):
+    """run_pass(fn, carry): fold a jitted fn over task t's training batches (train transform,
+    shuffled, as the references' loaders), for bookkeeping such as SMoPE's usage counts."""
+    def run_pass(fn, carry, params, method_state):
+      jitted = jax.jit(fn)
+      for batch in self._train_batches(indices, True, (self.config.seed, 11, t), shuffle=True):
+        carry = jitted(params, method_state, self.backbone, batch.images, batch.mask, carry)
+      return carry
+    return run_pass
 
   def update_statistics(self, stage: StageSetup, stage_state, t: int):
-    """Class statistics of task t's classes from the stage's features (test transform)."""
+    """Class statistics of task t's classes from the stage's features (test transform, or the
+    train transform for methods that summarise augmented images)."""
     c = self.config
     steps = self._steps(stage)
     indices = self.data.train.indices_of(self.split.tasks[t])
     feats, labels = [], []
     t_arr = jnp.asarray(t, jnp.int32)
-    for batch in self._train_batches(indices, False, (c.seed, 9, t), shuffle=False):
-      f = steps['features'](stage_state['params'], self.backbone, batch.images, t_arr, batch.mask)
+    train_tf = stage.method.statistics_train_transform
+    for batch in self._train_batches(indices, train_tf, (c.seed, 9, t), shuffle=train_tf):
+      f = steps['features'](stage_state['params'], stage_state['method_state'], self.backbone,
+                            batch.images, t_arr, batch.mask)
       keep = parallel.to_host(batch.mask)
       feats.append(parallel.to_host(f).astype(np.float32)[keep])
       labels.append(parallel.to_host(batch.labels)[keep])
@@ -284,6 +305,7 @@ class Experiment:
   def align(self, stage: StageSetup, stage_state, t: int):
     """Classifier alignment by Gaussian replay over the classes of tasks 0..t (t > 0)."""
     c = self.config
+    cfg = stage.cfg
     steps = self._steps(stage)
     params = jax.device_put(stage_state['params'], self.replicated)
     lr_tree = jax.tree.map(jnp.float32, {k: jax.tree.map(lambda _: 1.0 if k == 'classifier' else 0.0, v)
@@ -291,14 +313,19 @@ class Experiment:
     opt_state = steps['ca_tx'].init(params)
     seen = self.split.seen_mask(t)
     crct_num = sum(len(self.split.tasks[s]) for s in range(t))
-    epochs = stage.cfg.ca_epochs
+    epochs = cfg.ca_epochs
     if c.dry_run:
       epochs, crct_num = min(epochs, 1), min(crct_num, c.dry_run_steps)
+    if cfg.get('ca_schedule', 'cosine_epoch') == 'coswm':
+      # [S]: the first iteration at ca_lr, then a cosine from ca_lr/10 to 1e-6 over every iteration.
+      lr_at = lambda it, e: optim.coswm_lr(stage.ca_lr / 10, it, crct_num * cfg.ca_epochs, first=stage.ca_lr)
+    else:
+      lr_at = lambda it, e: optim.cosine_annealing_lr(stage.ca_lr, e, cfg.ca_epochs)
     stats = jax.device_put(stage_state['stats'], self.replicated)
     key = jax.random.fold_in(jax.random.PRNGKey(c.seed), 1000 * t + self.stages.index(stage))
     seen_dev = jnp.asarray(seen)
+    iteration = 0
     for epoch in range(epochs):
-      lr = optim.cosine_annealing_lr(stage.ca_lr, epoch, stage.cfg.ca_epochs)
       x, y, valid = steps['sample'](jax.random.fold_in(key, epoch), stats, stage.ca_samples)
       valid = np.asarray(valid) & seen[np.asarray(y)]
       rows = np.flatnonzero(valid)
@@ -308,14 +335,16 @@ class Experiment:
         chunk = rows[it * stage.ca_samples:(it + 1) * stage.ca_samples]
         if len(chunk) < stage.ca_samples:
           break
+        lr = lr_at(iteration, epoch)
         params, opt_state, loss = steps['ca'](params, opt_state, x[chunk], y[chunk], seen_dev,
                                               jnp.float32(lr), lr_tree)
+        iteration += 1
         losses.append(loss)
       mean_loss = float(np.mean([float(l) for l in losses])) if losses else float('nan')
       if losses and not np.isfinite(mean_loss):
         raise FloatingPointError(f'non-finite alignment loss in {stage.name} stage, task {t + 1}, epoch {epoch + 1}')
       if epoch == epochs - 1 or (epoch + 1) % 10 == 0:
-        self._log(f'  [{stage.name}] task {t + 1} alignment epoch {epoch + 1}/{epochs} lr {lr:.2e} loss {mean_loss:.4f}')
+        self._log(f'  [{stage.name}] task {t + 1} alignment epoch {epoch + 1}/{epochs} loss {mean_loss:.4f}')
     return {**stage_state, 'params': params}
 
   def _eval_step(self, stage_name: str):
@@ -325,21 +354,23 @@ class Experiment:
       return self._jitted[key]
     method = next(s for s in self.stages if s.name == stage_name).method
     tii = next((s.method for s in self.stages if s.name == 'task_identity'), None)
-    mask_test = self.config.mask_test_logits
+    mask_test = self.config.mask_test_logits or method.mask_test_logits
 
-    def step(params, tii_params, backbone, images, labels, mask, seen, class_to_task):
+    def step(params, method_state, tii_params, backbone, images, labels, mask, seen, class_to_task):
       ids = jnp.zeros_like(labels)
       if tii is not None:
-        tii_logits, _ = tii.predict(tii_params, backbone, images, ids, mask)
+        tii_logits, _ = tii.predict(tii_params, {}, backbone, images, ids, mask)
         ids = task_identity.predict_task(tii_logits, seen, class_to_task)
-      task_ok = (ids == class_to_task[labels]) & mask
+      task = class_to_task[labels]
       if stage_name == 'task_identity':
-        return jnp.zeros((), jnp.int32), task_ok.sum(), mask.sum()
-      logits, used = method.predict(params, backbone, images, ids, mask)
-      if mask_test:     # off in the references (quirk 11.6): future-class rows compete
+        return jnp.zeros((), jnp.int32), ((ids == task) & mask).sum(), mask.sum()
+      logits, used = method.predict(params, method_state, backbone, images, ids, mask)
+      if mask_test:     # off in the HiDe family (quirk 11.6): future-class rows compete
         logits = mask_logits(logits, seen)
       ok = (jnp.argmax(logits, -1) == labels) & mask
-      return ok.sum(), ((used == class_to_task[labels]) & mask).sum(), mask.sum()
+      # Selected pool ids that equal the true task, counted over top-k as the references do.
+      hits = (used == task) if used.ndim == 1 else (used == task[:, None]).sum(-1)
+      return ok.sum(), jnp.where(mask, hits, 0).sum(), mask.sum()
 
     self._jitted[key] = jax.jit(step)
     return self._jitted[key]
@@ -355,13 +386,14 @@ class Experiment:
     seen = jnp.asarray(self.split.seen_mask(t))
     tii_params = state['task_identity']['params'] if 'task_identity' in state else None
     params = state[stage_name]['params']
+    method_state = state[stage_name]['method_state']
     acc, task_acc = np.zeros(t + 1), np.zeros(t + 1)
     for i in range(t + 1):
       indices = self.data.test.indices_of(self.split.tasks[i])
       sums = []
       for batch in self._batches(indices, False, (0,), False, c.eval_batch_size):
-        sums.append(step(params, tii_params, self.backbone, batch.images, batch.labels, batch.mask,
-                         seen, class_to_task))
+        sums.append(step(params, method_state, tii_params, self.backbone, batch.images,
+                         batch.labels, batch.mask, seen, class_to_task))
       correct, task_correct, total = (sum(int(x[k]) for x in sums) for k in range(3))
       acc[i] = 100.0 * correct / max(total, 1)
       task_acc[i] = 100.0 * task_correct / max(total, 1)

@@ -1,14 +1,15 @@
 """What a continual-learning method is for the trainer: a few pure functions and some flags.
 
 The trainer never names a method; it calls these. ``params`` are the method's trainable groups
-(``prompts``, ``classifier``); ``backbone`` is the frozen ViT's params; ``t`` is the task index
-(a traced int32 inside jitted steps, so one compiled step serves every task).
+(``prompts``, ``classifier``); ``state`` is its non-trainable bookkeeping (SMoPE's expert usage
+counts, snapshots of old keys; ``{}`` for most); ``backbone`` is the frozen ViT's params; ``t``
+is the task index (a traced int32 inside jitted steps, so one compiled step serves every task).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -19,27 +20,57 @@ Array = Any
 
 
 @dataclasses.dataclass(frozen=True)
+class Phase:
+  """A training phase of a task: its epochs and the static flags its loss receives.
+
+  SMoPE trains task 0 first densely for half the epochs with its own optimizer; every other
+  method has one phase per task."""
+  name: str
+  epochs: int
+  flags: Tuple[Tuple[str, Any], ...] = ()
+
+
+def _no_state():
+  return {}
+
+
+def _same(params, state, t):
+  return params, state
+
+
+@dataclasses.dataclass(frozen=True)
 class Method:
   name: str
   model: PromptedViTSpec
   # init(rng) -> params
   init: Callable
-  # begin_task(params, t: int) -> params              (host side, between tasks)
-  begin_task: Callable
   # lr_multipliers(params, t: int) -> tree of floats  (1 = the stage's lr, 0 = frozen)
   lr_multipliers: Callable
-  # loss(params, backbone, images, labels, mask, t, context) -> (loss, metrics)
+  # loss(params, state, backbone, images, labels, mask, t, context, **flags) -> (loss, metrics)
   loss: Callable
-  # end_task(params, t: int) -> params
-  end_task: Callable
-  # features(params, backbone, images, t) -> pre_logits for class statistics
+  # features(params, state, backbone, images, t, mask) -> pre_logits for class statistics
   features: Callable
-  # predict(params, backbone, images, prompt_ids, mask) -> (logits [B, C], used prompt ids [B])
+  # predict(params, state, backbone, images, prompt_ids, mask) -> (logits [B, C], used ids [B] or [B, K])
   predict: Callable
+  # init_state() -> non-trainable method state (a pytree of arrays)
+  init_state: Callable = _no_state
+  # begin_task(params, state, t: int) -> (params, state)   (host side, before training)
+  begin_task: Callable = _same
+  # end_task(params, state, t: int) -> (params, state)     (host side, after training)
+  end_task: Callable = _same
+  # phases(t: int, epochs: int) -> [Phase]
+  phases: Optional[Callable] = None
+  # after_training(params, state, t, run_pass) -> state; run_pass(fn, init) folds a jitted
+  # fn(params, state, backbone, images, mask, carry) -> carry over the task's training batches.
+  after_training: Optional[Callable] = None
   uses_task_identity: bool = False     # HiDe/NoRGa: stage-1 model predicts the prompt at test
   uses_statistics: bool = False        # class statistics + Gaussian-replay alignment of the head
-  uses_means_regulariser: bool = False # the contrastive term needs the stored class means
-  alignment_samples_per_class: int = 0  # n_pc of the prompt-stage alignment (0: batch size)
+  statistics_train_transform: bool = False   # SMoPE/CODA summarise train-transformed images
+  alignment_samples_per_class: int = 0  # n_pc of the alignment (0: batch size)
+  mask_test_logits: bool = False       # [S]-family evaluation: argmax among seen classes
+
+  def training_phases(self, t: int, epochs: int) -> Sequence[Phase]:
+    return self.phases(t, epochs) if self.phases else [Phase('train', epochs)]
 
 
 def cross_entropy(logits, labels, mask):
@@ -52,3 +83,13 @@ def cross_entropy(logits, labels, mask):
 def mask_logits(logits, class_mask):
   """Set the logits of classes outside class_mask [C] to -inf (the references' index_fill)."""
   return jnp.where(class_mask[None, :], logits, -jnp.inf)
+
+
+def accuracy(logits, labels, mask):
+  correct = (jnp.argmax(logits, -1) == labels) & mask
+  return 100.0 * correct.sum() / jnp.maximum(mask.sum(), 1)
+
+
+def l2_normalize(x, axis=-1, epsilon=1e-12):
+  """x / max(||x||, sqrt(eps)) as the references' l2_normalize (rsqrt of clamped square sum)."""
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=True), epsilon))

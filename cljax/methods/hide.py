@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cljax.continual.alignment import contrastive_regulariser
-from cljax.methods.base import Method, cross_entropy, mask_logits
+from cljax.methods.base import Method, accuracy, cross_entropy, mask_logits
 from cljax.models.assembly import PromptedViTSpec
 from cljax.models.prompts import PoolSpec
 
@@ -54,13 +54,13 @@ def build_prompted(config, vit_cfg, num_classes: int, num_tasks: int) -> Method:
   def init(rng):
     return model.init_trainable(rng)
 
-  def begin_task(params, t):
+  def begin_task(params, state, t):
     if t == 0:
-      return params
+      return params, state
     prompt = params['prompts']['e_prompt']['prompt']
     if t < prompt.shape[2]:   # the references' shared_prompt_pool: start from the last task's entry
       prompt = prompt.at[:, :, t].set(prompt[:, :, t - 1])
-    return {**params, 'prompts': {'e_prompt': {**params['prompts']['e_prompt'], 'prompt': prompt}}}
+    return {**params, 'prompts': {'e_prompt': {**params['prompts']['e_prompt'], 'prompt': prompt}}}, state
 
   def lr_multipliers(params, t):
     e_prompt = {k: 1.0 for k in params['prompts']['e_prompt']}
@@ -69,7 +69,7 @@ def build_prompted(config, vit_cfg, num_classes: int, num_tasks: int) -> Method:
     return {'prompts': {'e_prompt': e_prompt},
             'classifier': jax.tree.map(lambda _: head_multiplier, params['classifier'])}
 
-  def loss(params, backbone, images, labels, mask, t, context):
+  def loss(params, state, backbone, images, labels, mask, t, context):
     prompt = momentum_pool(params['prompts']['e_prompt']['prompt'], t, momentum)
     idx = jnp.full(images.shape[0], t, jnp.int32)
     full = {'backbone': backbone, **params}
@@ -82,32 +82,31 @@ def build_prompted(config, vit_cfg, num_classes: int, num_tasks: int) -> Method:
       ctr = contrastive_regulariser(pre.astype(jnp.float32), mask, context['means'], context['means_valid'])
       total = total + reg * ctr
       metrics['regulariser'] = ctr
-    correct = (jnp.argmax(logits, -1) == labels) & mask
-    metrics['accuracy'] = 100.0 * correct.sum() / jnp.maximum(mask.sum(), 1)
+    metrics['accuracy'] = accuracy(logits, labels, mask)
     return total, metrics
 
-  def end_task(params, t):
+  def end_task(params, state, t):
     if t == 0 or momentum <= 0:
-      return params
+      return params, state
     prompt = params['prompts']['e_prompt']['prompt']
     mixed = momentum_pool(prompt, t, momentum)   # overwrite the entry with its mixture
-    return {**params, 'prompts': {'e_prompt': {**params['prompts']['e_prompt'], 'prompt': mixed}}}
+    return {**params, 'prompts': {'e_prompt': {**params['prompts']['e_prompt'], 'prompt': mixed}}}, state
 
-  def features(params, backbone, images, t, mask):
+  def features(params, state, backbone, images, t, mask):
     idx = jnp.full(images.shape[0], t, jnp.int32)
     pre, _ = model.features({'backbone': backbone, **params}, images, idx, num_valid=mask.sum())
     return pre
 
-  def predict(params, backbone, images, prompt_ids, mask):
+  def predict(params, state, backbone, images, prompt_ids, mask):
     if batchwise:
       prompt_ids = batchwise_ids(prompt_ids, mask, pool.pool_size)
     full = {'backbone': backbone, **params}
     pre, _ = model.features(full, images, prompt_ids, num_valid=mask.sum())
     return model.logits(full, pre), prompt_ids
 
-  return Method(config.method, model, init, begin_task, lr_multipliers, loss, end_task, features,
-                predict, uses_task_identity=True, uses_statistics=True, uses_means_regulariser=reg > 0,
-                alignment_samples_per_class=5 * config.batch_size)
+  return Method(config.method, model, init, lr_multipliers, loss, features, predict,
+                begin_task=begin_task, end_task=end_task, uses_task_identity=True,
+                uses_statistics=True, alignment_samples_per_class=5 * config.batch_size)
 
 
 def build_sequential_head(config, vit_cfg, num_classes: int, num_tasks: int) -> Method:
@@ -119,20 +118,19 @@ def build_sequential_head(config, vit_cfg, num_classes: int, num_tasks: int) -> 
   def init(rng):
     return model.init_trainable(rng)
 
-  def loss(params, backbone, images, labels, mask, t, context):
+  def loss(params, state, backbone, images, labels, mask, t, context):
     full = {'backbone': backbone, **params}
     pre, _ = model.features(full, images)
     logits = mask_logits(model.logits(full, pre), context['task_mask'])
     ce = cross_entropy(logits, labels, mask)
-    correct = (jnp.argmax(logits, -1) == labels) & mask
-    return ce, {'ce': ce, 'accuracy': 100.0 * correct.sum() / jnp.maximum(mask.sum(), 1)}
+    return ce, {'ce': ce, 'accuracy': accuracy(logits, labels, mask)}
 
-  def features(params, backbone, images, t, mask):
+  def features(params, state, backbone, images, t, mask):
     return model.features({'backbone': backbone, **params}, images)[0]
 
-  def predict(params, backbone, images, prompt_ids, mask):
+  def predict(params, state, backbone, images, prompt_ids, mask):
     full = {'backbone': backbone, **params}
     return model.logits(full, model.features(full, images)[0]), prompt_ids
 
-  return Method(config.method, model, init, lambda p, t: p,
-                lambda p, t: jax.tree.map(lambda _: 1.0, p), loss, lambda p, t: p, features, predict)
+  return Method(config.method, model, init, lambda p, t: jax.tree.map(lambda _: 1.0, p), loss,
+                features, predict)

@@ -53,6 +53,7 @@ def base() -> ml_collections.ConfigDict:
       test_fraction=0.3,        # split_digits: stratified test share
       # Reference quirk 11.4: 5-Datasets members after CIFAR-10 keep CIFAR's transforms.
       five_datasets_transform_carry_over=True,
+      transforms='hide',        # hide ([N]/[H] transforms) | smope ([S]: SMoPE, CODA-Prompt)
   ))
   c.backbone = ml_collections.ConfigDict(dict(
       name='vit_b16_in21k',

@@ -193,12 +193,20 @@ FIVE_DATASETS_TFDS = {
 }
 
 
+def transform_family(c) -> str:
+  """The benchmark's transforms: the HiDe family's, or [S]'s (SMoPE, CODA-Prompt)."""
+  family = config_lib.BENCHMARKS[c.benchmark.name][2]
+  if c.benchmark.transforms == 'smope' and family != 'demo':
+    return 'smope_cifar' if family == 'cifar' else 'smope'
+  return family
+
+
 def load(c) -> Benchmark:
   """The benchmark of a validated config."""
   b = c.benchmark
   size = c.backbone.image_size
   num_classes = config_lib.num_classes(c)
-  family = config_lib.BENCHMARKS[b.name][2]
+  family = transform_family(c)
   data_dir = b.data_dir
   if b.name == 'five_datasets':
     order = split_lib.five_datasets_order(c.seed, b.shuffle_classes)
@@ -256,7 +264,6 @@ def synthetic(c, examples_per_class: int = 2) -> Benchmark:
   labels = np.repeat(np.arange(num_classes), examples_per_class)
   side = 8 if b.name == 'split_digits' else 32
   images = rng.integers(0, 256, (len(labels), side, side, 3), dtype=np.uint8)
-  family = config_lib.BENCHMARKS[b.name][2]
-  member = Member(images.__getitem__, labels, family)
+  member = Member(images.__getitem__, labels, transform_family(c))
   return Benchmark(split, Dataset([member], [0]), Dataset([member], [0]), c.backbone.image_size,
                    'synthetic')

@@ -6,6 +6,9 @@ Families (ALGORITHMS.md 7.1):
   pixels in [0, 1], no normalisation.
 * ``cifar``: train RandomResizedCrop(size, scale (0.08, 1), bicubic) + flip + brightness jitter
   63/255 + Normalize(CIFAR-100 mean/std); test Resize + CenterCrop + the same Normalize.
+* ``smope`` / ``smope_cifar`` ([S]: SMoPE, CODA-Prompt; 7.2): train RandomResizedCrop(size,
+  scale (0.08, 1), bilinear) + flip; test Resize + CenterCrop (CIFAR: Resize(size) only); no
+  normalisation.
 * ``demo``: resize to size (bilinear), nothing random.
 Grey images become RGB by repetition (the references' MNIST_RGB). Every random draw comes from
 the numpy Generator passed in, so a batch is a pure function of (seed, epoch, example).
@@ -21,7 +24,7 @@ from PIL import Image, ImageEnhance
 
 CIFAR_MEAN = np.array([0.5071, 0.4867, 0.4408], np.float32)
 CIFAR_STD = np.array([0.2675, 0.2565, 0.2761], np.float32)
-FAMILIES = ('default', 'cifar', 'demo')
+FAMILIES = ('default', 'cifar', 'smope', 'smope_cifar', 'demo')
 
 
 def to_pil(image: np.ndarray) -> Image.Image:
@@ -81,7 +84,7 @@ def make(family: str, train: bool, size: int) -> Callable[[np.ndarray, np.random
       img = img.resize((size, size), Image.BILINEAR)
     elif train:
       cifar = family == 'cifar'
-      scale = (0.08, 1.0) if cifar else (0.05, 1.0)
+      scale = (0.05, 1.0) if family == 'default' else (0.08, 1.0)
       left, top, w, h = random_resized_crop_box(rng, img.size[0], img.size[1], scale, (3 / 4, 4 / 3))
       img = img.resize((size, size), Image.BICUBIC if cifar else Image.BILINEAR,
                        box=(left, top, left + w, top + h))
@@ -90,6 +93,8 @@ def make(family: str, train: bool, size: int) -> Callable[[np.ndarray, np.random
       if cifar:
         b = 63.0 / 255.0
         img = ImageEnhance.Brightness(img).enhance(rng.uniform(max(0.0, 1 - b), 1 + b))
+    elif family == 'smope_cifar':
+      img = img.resize((size, size), Image.BILINEAR)
     else:
       img = center_crop(resize_shorter(img, resize, Image.BICUBIC), size)
     x = np.asarray(img, np.float32) / 255.0

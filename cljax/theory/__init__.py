@@ -1,0 +1,1 @@
+"""Numerical illustrations of the theory behind prompt-based continual learning."""

@@ -24,8 +24,8 @@ BENCHMARKS = {
     'five_datasets': (50, 5, 'default'),
     'split_digits': (10, 5, 'demo'),
 }
-METHODS = ('hideprompt', 'norga', 'sequential_head')
-SCHEDULES = ('constant', 'step', 'cosine')
+METHODS = ('hideprompt', 'norga', 'l2p', 'dualprompt', 'sprompt', 'coda', 'sequential_head')
+SCHEDULES = ('constant', 'step', 'cosine', 'smope_cosine', 'coswm')
 STATISTICS = ('covariance', 'variance', 'multi-centroid')
 OPTIMIZERS = ('adam', 'sgd', 'adamw')
 IMR_SPLITS = ('coda', 'random_80_20')
@@ -84,6 +84,20 @@ def base() -> ml_collections.ConfigDict:
       reg=0.1,                  # contrastive regulariser against stored class means
       momentum=0.01,            # prompt momentum
       ca_lr=0.005, ca_epochs=30,          # stage-2 alignment lr is NOT batch-scaled
+      # --- optimiser details of the other code bases
+      scale_lr_by_batch=True,   # lr x batch/256 ([N]/[H]); [S] uses the lr as given
+      prompt_lr_scale=1.0,      # [S]: prompt params at 5 x lr, head at lr
+      weight_decay=0.0,
+      iter_step=0, freeze_iters=0, warmup_epochs=0,   # [S] coswm schedule
+      schedule_first_task_only=False,    # quirk 11.8: the DP engine keeps task 0's scheduler
+      ca_optimizer='sgd', ca_weight_decay=0.0,
+      ca_schedule='cosine_epoch',        # cosine_epoch ([N]) | coswm ([S], per iteration)
+      ca_samples_ratio=5.0,     # alignment samples per class = ratio x batch size
+      # --- key-matched pools (L2P, DualPrompt, S-Prompt)
+      top_k=1, pull_coeff=0.0, use_prompt_mask=True, shared_prompt_pool=True,
+      g_layers=(0, 1), g_length=5,         # DualPrompt's G-prompt
+      # --- CODA-Prompt
+      ortho_mu=0.0,
   ))
   c.statistics = ml_collections.ConfigDict(dict(method='covariance', n_centroids=10))
   c.schedule = ml_collections.ConfigDict(dict(decay_epochs=30, decay_rate=0.1, min_lr=1e-5))
@@ -125,6 +139,8 @@ _TABLE = {
 def paper(dataset: str, method: str, backbone: str = 'sup21k') -> ml_collections.ConfigDict:
   """The references' configuration of one (benchmark, method, backbone) cell."""
   backbone = backbone or 'sup21k'
+  if method in BASELINES:
+    return baseline(dataset, method, backbone)
   if (dataset, backbone) not in _TABLE:
     cells = sorted({f'{d}/{b}' for d, b in _TABLE})
     raise ConfigError(f'the references have no {method} run of {dataset} with backbone '
@@ -206,6 +222,18 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _check(p.pool_size == 0 or p.pool_size >= b.num_tasks,
          f'config.prompt.pool_size {p.pool_size} is smaller than the {b.num_tasks} tasks; use 0 (one per task)')
   _check(0.0 <= p.momentum < 1.0, f'config.prompt.momentum must be in [0, 1), got {p.momentum}')
+  if c.method in ('l2p', 'dualprompt', 'sprompt'):
+    pool = p.pool_size or b.num_tasks
+    _check(1 <= p.top_k <= pool, f'config.prompt.top_k={p.top_k} must be in 1..{pool} (the pool size)')
+  if c.method == 'coda':
+    _check(p.pool_size > 0 and p.pool_size % b.num_tasks == 0,
+           f'config.prompt.pool_size={p.pool_size} (CODA components) must be a positive multiple of '
+           f'the {b.num_tasks} tasks')
+    _check(p.length % 2 == 0, f'config.prompt.length={p.length} must be even (half keys, half values)')
+  if c.prompt.ca_schedule not in ('cosine_epoch', 'coswm'):
+    raise one_of('alignment schedule (config.prompt.ca_schedule)', c.prompt.ca_schedule, ('cosine_epoch', 'coswm'))
+  if c.benchmark.transforms not in ('hide', 'smope'):
+    raise one_of('transforms (config.benchmark.transforms)', c.benchmark.transforms, ('hide', 'smope'))
   if c.statistics.method not in STATISTICS:
     raise one_of('statistics method (config.statistics.method)', c.statistics.method, STATISTICS)
   _check(c.batch_size >= 1 and c.eval_batch_size >= 1, 'config.batch_size and eval_batch_size must be >= 1')
@@ -218,8 +246,10 @@ def num_classes(c) -> int:
   return BENCHMARKS[c.benchmark.name][0]
 
 
-def lr_scale(c) -> float:
-  """The references scale lr by batch/256 (world size excluded: unscale_lr=True)."""
+def lr_scale(c, stage: str = 'prompt') -> float:
+  """[N]/[H] scale lr by batch/256 (world size excluded: unscale_lr=True); [S] does not."""
+  if stage == 'prompt' and not c.prompt.scale_lr_by_batch:
+    return 1.0
   return c.batch_size / 256.0
 
 
@@ -291,5 +321,96 @@ def demo(method: str = 'norga') -> ml_collections.ConfigDict:
                   momentum=0.01, larger_prompt_lr=False, ca_lr=0.05, ca_epochs=20,
                   gate='norga' if method == 'norga' else 'linear',
                   activation='tanh' if method == 'norga' else 'identity')
+  if method in BASELINES:
+    demo_baseline(c, method)
   c.log_every_steps = 0
+  return c
+
+
+def demo_baseline(c, method: str) -> None:
+  """Baselines at demo size: their reference structure, the demo's epochs and learning rates."""
+  c.task_identity.enabled = False
+  p = c.prompt
+  p.update(gate='linear', activation='identity', reg=0.0, momentum=0.0)
+  if method == 'coda':
+    p.update(layers=(0, 1, 2), pool_size=10, length=4, lr=0.01, schedule='smope_cosine',
+             scale_lr_by_batch=False, prompt_lr_scale=5.0, clip_grad=0.0, ca_lr=1e-3,
+             ca_optimizer='adamw', ca_weight_decay=5e-4, ca_schedule='coswm', ca_samples_ratio=1.0)
+    c.statistics.update(method='multi-centroid', n_centroids=1)
+    c.benchmark.transforms = 'smope'
+    return
+  p.update(pull_coeff=0.1 if method == 'l2p' else 1.0)
+  if method == 'l2p':
+    p.update(layers=(0,), pool_size=10, length=4, top_k=3, batchwise_prompt=True,
+             use_prompt_mask=False, shared_prompt_pool=False)
+  elif method == 'dualprompt':
+    p.update(layers=(2,), g_layers=(0, 1), g_length=4, pool_size=5, length=4, top_k=1,
+             use_prompt_mask=True, shared_prompt_pool=True)
+  else:
+    p.update(layers=(0, 1, 2), pool_size=5, length=4, top_k=1, use_prompt_mask=True,
+             shared_prompt_pool=True)
+
+
+
+# ----------------------------------------------------------------------------- baselines
+
+BASELINES = ('l2p', 'dualprompt', 'sprompt', 'coda')
+# [N] scripts (ALGORITHMS.md 9.2): epochs per dataset; 5-Datasets by backbone.
+_BASELINE_EPOCHS = {
+    'l2p': {'cifar100': 10, 'imr': 50, 'cub': 50, 'five_datasets': {'sup21k': 40, 'ibot21k': 20}},
+    'dualprompt': {'cifar100': 20, 'imr': 50, 'cub': 50, 'five_datasets': {'sup21k': 40, 'ibot21k': 20}},
+    'sprompt': {'cifar100': 20, 'imr': 50, 'cub': 50, 'five_datasets': {'sup21k': 40, 'ibot21k': 20}},
+}
+# [S] per-dataset alignment sample ratio and alignment epochs (used for CODA as for SMoPE).
+_S_ALIGNMENT = {'cifar100': (1.0, 50), 'imr': (6.0, 50), 'cub': (1.0, 50), 'five_datasets': (1.0, 50)}
+
+
+def baseline(dataset: str, method: str, backbone: str = 'sup21k') -> ml_collections.ConfigDict:
+  """L2P / DualPrompt / S-Prompt as [N] scripts them; CODA-Prompt with [C]'s hyper-parameters
+  inside [S]'s framework (ALGORITHMS.md 3, 4, 9.2)."""
+  scripted = {'sup21k', 'ibot21k'} | ({'ibot1k', 'dino', 'mocov3'} if dataset in ('cifar100', 'imr') else set())
+  if backbone not in scripted or dataset not in BENCHMARKS or dataset == 'split_digits':
+    raise ConfigError(f'the references have no {method} run of {dataset} with backbone {backbone!r}; '
+                      f'available backbones for {dataset}: {", ".join(sorted(scripted))}')
+  c = base()
+  c.method = method
+  c.benchmark.name = dataset
+  c.benchmark.num_tasks = BENCHMARKS[dataset][1]
+  c.backbone.name = BACKBONE_ALIASES[backbone]
+  c.task_identity.enabled = False
+  five = dataset == 'five_datasets'
+  p = c.prompt
+  if method == 'coda':
+    # [C] configs: Adam lr 1e-3, cosine, batch 128, 20 epochs (CIFAR; 5-Datasets likewise) or 50
+    # (ImageNet-R; CUB likewise); 100 components of length 8, no orthogonality penalty; [S]'s
+    # framework: prompts at 5 x lr, no batch scaling, Gaussian-replay alignment of the head.
+    ratio, ca_epochs = _S_ALIGNMENT[dataset]
+    p.update(layers=(0, 1, 2, 3, 4), pool_size=100, length=8, ortho_mu=0.0, gate='linear',
+             activation='identity', optimizer='adam', lr=1e-3, schedule='smope_cosine',
+             epochs=20 if dataset in ('cifar100', 'five_datasets') else 50,
+             scale_lr_by_batch=False, prompt_lr_scale=5.0, clip_grad=0.0, reg=0.0, momentum=0.0,
+             larger_prompt_lr=False, ca_lr=1e-4, ca_epochs=ca_epochs, ca_optimizer='adamw',
+             ca_weight_decay=5e-4, ca_schedule='coswm', ca_samples_ratio=ratio)
+    c.statistics.update(method='multi-centroid', n_centroids=1)
+    c.benchmark.transforms = 'smope'
+    return c
+  epochs = _BASELINE_EPOCHS[method][dataset]
+  if isinstance(epochs, dict):
+    epochs = epochs[backbone]
+  p.update(optimizer='adam', lr=0.005, clip_grad=1.0, schedule='constant', epochs=epochs, reg=0.0,
+           momentum=0.0, larger_prompt_lr=False, gate='linear', activation='identity')
+  if dataset == 'cub':      # step schedule, effective on task 0 only (quirk 11.8)
+    p.update(schedule='step', schedule_first_task_only=True)
+  if method == 'l2p':
+    p.update(layers=(0,), pool_size=20 if five else 30, length=10 if five else 5, top_k=4 if five else 5,
+             pull_coeff=0.5 if five else 0.1, batchwise_prompt=True, use_prompt_mask=False,
+             shared_prompt_pool=False)
+  elif method == 'dualprompt':
+    p.update(layers=(2, 3, 4), g_layers=(0, 1), g_length=10 if five else 5, pool_size=5 if five else 10,
+             length=40 if five else 20, top_k=1, pull_coeff=0.5 if five else 1.0, batchwise_prompt=five,
+             use_prompt_mask=True, shared_prompt_pool=True)
+  elif method == 'sprompt':
+    p.update(layers=(0, 1, 2, 3, 4), pool_size=5 if five else 10, length=40 if five else 20, top_k=1,
+             pull_coeff=0.5 if five else 1.0, batchwise_prompt=dataset in ('cifar100', 'five_datasets'),
+             use_prompt_mask=True, shared_prompt_pool=True)
   return c

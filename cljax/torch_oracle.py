@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from cljax.checkpoints import backbones, torch_names
 from cljax.models.assembly import PromptedViTSpec
@@ -203,6 +204,110 @@ class PromptedViT(nn.Module):
   def forward(self, x, prompt_idx=None):
     pre_logits = self.features(x, prompt_idx)
     return pre_logits, self.classify(pre_logits)
+
+
+def l2_normalize(x, dim=-1, epsilon=1e-12):
+  """The references' l2_normalize: x * rsqrt(max(sum x^2, eps))."""
+  return x * torch.rsqrt(torch.clamp(torch.sum(x ** 2, dim=dim, keepdim=True), min=epsilon))
+
+
+class KeyedPromptedViT(PromptedViT):
+  """L2P / DualPrompt / S-Prompt of the HiDe repositories: key-query matching against a frozen
+  copy of the backbone, optional G-prompts, pull constraint."""
+
+  def __init__(self, top_k=1, batchwise=False, g_layers=(), g_length=5, force_task_entry=False, **kw):
+    super().__init__(prompt_key=True, **kw)
+    self.top_k, self.batchwise, self.force = top_k, batchwise, force_task_entry
+    self.g_layers = list(g_layers)
+    dim, heads = self.cls_token.shape[-1], self.blocks[0].attn.heads
+    if self.g_layers:
+      self.g_prompt = nn.Parameter(torch.empty(len(self.g_layers), 2, g_length, heads, dim // heads).uniform_(-1, 1))
+
+  @torch.no_grad()
+  def query(self, x):
+    """The frozen pretrained model's pooled feature (the references' original_model)."""
+    h = self.patch_embed(x)
+    h = torch.cat([self.cls_token.expand(h.shape[0], -1, -1), h], 1) + self.pos_embed
+    for block in self.blocks:
+      h = block(h)
+    return self.norm(h)[:, 0]
+
+  def select(self, q):
+    keys_n, q_n = l2_normalize(self.e_prompt.prompt_key), l2_normalize(q)
+    sim = q_n @ keys_n.t()
+    idx = torch.topk(sim, self.top_k, dim=1).indices
+    if self.batchwise:
+      ids, counts = torch.unique(idx, return_counts=True, sorted=True)
+      # The most frequent top_k ids; ties to the smaller id (torch.topk leaves ties open).
+      order = sorted(range(len(ids)), key=lambda i: (-int(counts[i]), int(ids[i])))[: self.top_k]
+      idx = ids[order].expand(q.shape[0], -1).contiguous()
+    return idx, keys_n, q_n
+
+  def features_with(self, x, idx):
+    h = self.patch_embed(x)
+    h = torch.cat([self.cls_token.expand(h.shape[0], -1, -1), h], 1) + self.pos_embed
+    prompts = self.e_prompt.batched(idx, self.kv_layout)
+    prepended = 0
+    for i, block in enumerate(self.blocks):
+      if i in self.g_layers:
+        g = self.g_prompt[self.g_layers.index(i)].unsqueeze(0).expand(h.shape[0], -1, -1, -1, -1)
+        h = block(h, g)
+      elif i in self.prompt_layers:
+        j = self.prompt_layers.index(i)
+        if self.e_prompt.prefix:
+          h = block(h, prompts[j])
+        else:
+          h = torch.cat([prompts[j], h], 1)
+          prepended += prompts[j].shape[1]
+          h = block(h)
+      else:
+        h = block(h)
+    return self.norm(h)[:, prepended]
+
+  def forward(self, x, task=None):
+    """Logits, chosen ids and the pull term; ``task`` forces that task's entries (training)."""
+    idx, keys_n, q_n = self.select(self.query(x))
+    if task is not None and self.force:
+      idx = torch.arange(task * self.top_k, (task + 1) * self.top_k).expand(x.shape[0], -1)
+    reduce_sim = torch.sum(keys_n[idx] * q_n.unsqueeze(1)) / x.shape[0]
+    return self.head(self.fc_norm(self.features_with(x, idx))), idx, reduce_sim
+
+
+class CodaViT(PromptedViT):
+  """CODA-Prompt as the SMoPE repository implements it (components, keys, attention vectors)."""
+
+  def __init__(self, components=10, length=4, num_tasks=5, **kw):
+    layers = kw.pop('prompt_layers')
+    super().__init__(**kw)
+    dim = self.cls_token.shape[-1]
+    self.coda_layers, self.length, self.per_task = list(layers), length, components // num_tasks
+    self.prompt = nn.Module()
+    for l in self.coda_layers:
+      setattr(self.prompt, f'e_p_{l}', nn.Parameter(torch.randn(components, length, dim)))
+      setattr(self.prompt, f'e_k_{l}', nn.Parameter(torch.randn(components, dim)))
+      setattr(self.prompt, f'e_a_{l}', nn.Parameter(torch.randn(components, dim)))
+
+  query = KeyedPromptedViT.query
+
+  def forward(self, x, task):
+    q = self.query(x)
+    f = (task + 1) * self.per_task
+    h = self.patch_embed(x)
+    h = torch.cat([self.cls_token.expand(h.shape[0], -1, -1), h], 1) + self.pos_embed
+    b, heads = x.shape[0], self.blocks[0].attn.heads
+    for i, block in enumerate(self.blocks):
+      if i in self.coda_layers:
+        K, A, P = (getattr(self.prompt, f'e_{k}_{i}')[:f] for k in 'kap')
+        aq_k = torch.einsum('bkd,kd->bk', F.normalize(torch.einsum('bd,kd->bkd', q, A), dim=2),
+                            F.normalize(K, dim=1))
+        mixed = torch.einsum('bk,kld->bld', aq_k, P)
+        half = self.length // 2
+        pk = mixed[:, :half].reshape(b, half, heads, -1)
+        pv = mixed[:, half:].reshape(b, half, heads, -1)
+        h = block(h, torch.stack([pk, pv], 1))
+      else:
+        h = block(h)
+    return self.head(self.fc_norm(self.norm(h)[:, 0]))
 
 
 # ----------------------------------------------------------------------------- cljax vs oracle

@@ -5,11 +5,11 @@ import importlib.util
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
 from cljax import config as config_lib
-from cljax.continual import trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', '*.py')))
@@ -22,33 +22,47 @@ def load(path, arg=None):
   return module.get_config(arg) if arg else module.get_config()
 
 
-def tiny(c):
-  """The CI size: a 5-block ViT-Ti/8 at 16x16, batches of 4, one step per loop."""
-  c.dry_run = True
-  c.dry_run_steps = 1
-  c.model_override = 'vit_ti8'
-  c.backbone.image_size = 16
-  c.backbone.depth = 5
-  c.batch_size = c.eval_batch_size = 4
-  c.log_every_steps = 0
-  return c
+SHARDS = 4
+
+
+def dry_run(paths, optimize=False):
+  """`python -m cljax.dry_run --tiny` in a subprocess; XLA's backend optimisations off (a dry
+  run checks wiring, not speed), which halves its compile time."""
+  env = dict(os.environ)
+  if not optimize:
+    env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + ' --xla_backend_optimization_level=0').strip()
+  # Configs share many computations: a compilation cache shared by the shards saves ~15%.
+  env.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(tempfile.gettempdir(), f'cljax-test-jax-cache-{os.getuid()}'))
+  env.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+  env.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
+  return subprocess.run([sys.executable, '-m', 'cljax.dry_run', '--tiny'] + list(paths),
+                        capture_output=True, text=True, cwd=ROOT, env=env, timeout=1800)
 
 
 def test_configs_exist():
   names = {os.path.basename(p) for p in CONFIGS}
   for d in ('cifar100', 'imr', 'cub', 'five_datasets'):
-    for m in ('norga', 'hideprompt'):
+    for m in ('norga', 'hideprompt', 'l2p', 'dualprompt', 'sprompt', 'coda'):
       assert f'{d}_{m}.py' in names
   assert 'demo.py' in names
 
 
-@pytest.mark.parametrize('path', CONFIGS, ids=os.path.basename)
-def test_config_dry_runs(path, tmp_path):
-  c = config_lib.validate(load(path))
-  results = trainer.run(tiny(c), str(tmp_path))
-  T = c.benchmark.num_tasks
-  assert len(results['accuracy_matrix']) == T
-  assert os.path.exists(tmp_path / 'checkpoints' / 'resume' / str(2 * T))
+@pytest.mark.parametrize('shard', range(SHARDS))
+def test_every_shipped_config_dry_runs(shard):
+  paths = [os.path.relpath(p, ROOT) for p in CONFIGS[shard::SHARDS]]
+  out = dry_run(paths)
+  assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+  for path in paths:
+    assert f'PASS {path}' in out.stdout, out.stdout
+
+
+def test_dry_run_reports_a_broken_config(tmp_path):
+  bad = tmp_path / 'bad.py'
+  bad.write_text('from cljax import config\n\ndef get_config():\n  c = config.demo()\n'
+                 '  c.prompt.activation = "swish"\n  return c\n')
+  out = dry_run([str(bad)])
+  assert out.returncode == 1
+  assert "FAIL" in out.stdout and "unknown gate activation (config.prompt.activation) 'swish'" in out.stdout
 
 
 @pytest.mark.parametrize('backbone', ['ibot21k', 'ibot1k', 'dino', 'mocov3'])

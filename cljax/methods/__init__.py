@@ -4,10 +4,14 @@ from cljax.errors import one_of
 
 
 def build(config, vit_cfg, num_classes: int, num_tasks: int):
-  from cljax.methods import hide  # pylint: disable=g-import-not-at-top
+  from cljax.methods import coda, hide, keyed  # pylint: disable=g-import-not-at-top
   builders = {
       'hideprompt': hide.build_prompted,
       'norga': hide.build_prompted,
+      'l2p': keyed.build,
+      'dualprompt': keyed.build,
+      'sprompt': keyed.build,
+      'coda': coda.build,
       'sequential_head': hide.build_sequential_head,
   }
   if config.method not in builders:

@@ -95,6 +95,9 @@ class SimConfig:
     n_steps: L-BFGS iterations per start.
     init_scale: std of the Gaussian perturbation of the starts around the truth (see
       `initial_params`).
+    param_bound: the fitted prompt parameters live in the box [-B, B] (the theory's compact
+      parameter space Theta); without it a few small-n fits push a stray atom's gate mass
+      exp(beta0) to e^10 and more, and one such fit dominates a mean.
     n_eval: held-out Monte-Carlo sample for the L2(mu) error.
     pad_to: data sets smaller than this are zero-padded, with zero weight in the loss, to this
       size, so that all the small n share one compiled fit: compiling the L-BFGS fit takes
@@ -119,6 +122,7 @@ class SimConfig:
   n_restarts: int = 2
   n_steps: int = 300
   init_scale: float = 0.5
+  param_bound: float = 5.0
   n_eval: int = 20000
   pad_to: int = 2048
   vmap_points: int = 30000
@@ -318,18 +322,25 @@ def initial_params(key: jax.Array, true: Params, n_fit: int, scale: float,
 
 def lbfgs_fit(params: Params, x: jax.Array, y: jax.Array, weight: jax.Array,
               pretrained: Params, model: Tuple[str, str], alpha: float, tau: float,
-              n_steps: int):
+              n_steps: int, bound: float = 5.0):
   """Minimise the mean squared error from one start with optax's L-BFGS (zoom line search).
 
-  weight [n] is 1 on real samples and 0 on padding.  Returns the final parameters and their
-  training loss (inf if it is not finite).
+  weight [n] is 1 on real samples and 0 on padding.  The parameters are confined to
+  [-bound, bound] through theta = bound * tanh(phi / bound), and L-BFGS runs on phi: a smooth
+  change of variables keeps the quasi-Newton updates consistent where clipping would not, and
+  near the truth (|theta| <= ~1.5) it barely bends the landscape.  Returns the final
+  parameters and their training loss (inf if it is not finite).
   """
   summary = pretrained_summary(x, pretrained, model[1])
   total = jnp.sum(weight)
+  to_box = lambda phi: jax.tree_util.tree_map(lambda v: bound * jnp.tanh(v / bound), phi)
 
-  def loss_fn(p):
-    resid = y - moe_from_summary(x, summary, p, *model, alpha, tau)
+  def loss_fn(phi):
+    resid = y - moe_from_summary(x, summary, to_box(phi), *model, alpha, tau)
     return jnp.sum(weight * resid ** 2) / total
+
+  params = jax.tree_util.tree_map(
+      lambda v: bound * jnp.arctanh(jnp.clip(v / bound, -0.99, 0.99)), params)
 
   opt = optax.lbfgs(memory_size=10,
                     linesearch=optax.scale_by_zoom_linesearch(max_linesearch_steps=20))
@@ -348,12 +359,12 @@ def lbfgs_fit(params: Params, x: jax.Array, y: jax.Array, weight: jax.Array,
 
   (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), None, length=n_steps)
   final = loss_fn(params)
-  return params, jnp.where(jnp.isfinite(final), final, jnp.inf)
+  return to_box(params), jnp.where(jnp.isfinite(final), final, jnp.inf)
 
 
 @functools.lru_cache(maxsize=None)
 def make_fitter(model: Tuple[str, str], alpha: float, tau: float, n_steps: int,
-                batch_size: int) -> Callable:
+                batch_size: int, bound: float = 5.0) -> Callable:
   """A jitted least-squares fit of S data sets from R starts each.
 
   Returns f(starts [S, R, ...], x [S, n, d], y [S, n], weight [S, n], pretrained) ->
@@ -364,7 +375,7 @@ def make_fitter(model: Tuple[str, str], alpha: float, tau: float, n_steps: int,
 
   def fit_one(args):
     p, x, y, w, pre = args
-    return lbfgs_fit(p, x, y, w, pre, model, alpha, tau, n_steps)
+    return lbfgs_fit(p, x, y, w, pre, model, alpha, tau, n_steps, bound)
 
   def fit_all(starts, x, y, weight, pre):
     s, r = x.shape[0], jax.tree_util.tree_leaves(starts)[0].shape[1]
@@ -395,6 +406,14 @@ def fit_slope(ns: Sequence[float], values) -> float:
   logn = np.repeat(np.log(np.asarray(ns, float))[:, None], values.shape[1], axis=1)
   keep = np.isfinite(values) & (values > 0)
   return float(np.polyfit(logn[keep], np.log(values[keep]), 1)[0])
+
+
+def slope_bootstrap_std(ns: Sequence[float], values, n_boot: int = 2000, seed: int = 0) -> float:
+  """Standard deviation of `fit_slope` when the seeds (columns of values) are resampled."""
+  values = np.asarray(values, float)
+  rng = np.random.default_rng(seed)
+  cols = rng.integers(0, values.shape[1], size=(n_boot, values.shape[1]))
+  return float(np.std([fit_slope(ns, values[:, c]) for c in cols]))
 
 
 def run_model(model: Tuple[str, str], cfg: SimConfig, truth: Dict[str, Params],
@@ -431,7 +450,7 @@ def run_model(model: Tuple[str, str], cfg: SimConfig, truth: Dict[str, Params],
     n_pad = max(n, cfg.pad_to)
     pad = ((0, 0), (0, n_pad - n))
     batch = int(np.clip(cfg.vmap_points // n_pad, 1, cfg.n_seeds * cfg.n_restarts))
-    fitter = make_fitter(tuple(model), cfg.alpha, cfg.tau, cfg.n_steps, batch)
+    fitter = make_fitter(tuple(model), cfg.alpha, cfg.tau, cfg.n_steps, batch, cfg.param_bound)
     params, train_loss = fitter(starts, jnp.pad(x, pad + ((0, 0),)), jnp.pad(y, pad),
                                 jnp.pad(jnp.ones_like(y), pad), tr['pretrained'])
     reg = jnp.sqrt(jnp.mean((g_fit(params, x_eval) - y_eval) ** 2, axis=1))
@@ -449,14 +468,18 @@ def run_model(model: Tuple[str, str], cfg: SimConfig, truth: Dict[str, Params],
         f'({out["seconds"][-1]:.1f}s)')
   out['regression_slope'] = fit_slope(cfg.ns, out['regression_error'])
   out['parameter_slope'] = fit_slope(cfg.ns, out['parameter_loss'])
+  # How much the slopes move when the seeds are resampled: the uncertainty to quote with them.
+  out['regression_slope_std'] = slope_bootstrap_std(cfg.ns, out['regression_error'])
+  out['parameter_slope_std'] = slope_bootstrap_std(cfg.ns, out['parameter_loss'])
   # The rates are asymptotic and small n is dominated by stray fitted atoms, so the upper half
   # of the grid gets its own slope too.
   half = len(cfg.ns) // 2
   out['regression_slope_upper'] = fit_slope(cfg.ns[half:], out['regression_error'][half:])
   out['parameter_slope_upper'] = fit_slope(cfg.ns[half:], out['parameter_loss'][half:])
   log(f'  [{name}] slopes: L2 error {out["regression_slope"]:.2f} '
-      f'(upper half {out["regression_slope_upper"]:.2f}), Voronoi loss '
-      f'{out["parameter_slope"]:.2f} (upper half {out["parameter_slope_upper"]:.2f})')
+      f'± {out["regression_slope_std"]:.2f} (upper half {out["regression_slope_upper"]:.2f}), '
+      f'Voronoi loss {out["parameter_slope"]:.2f} ± {out["parameter_slope_std"]:.2f} '
+      f'(upper half {out["parameter_slope_upper"]:.2f})')
   return out
 
 
@@ -490,12 +513,14 @@ def summary_table(result: dict) -> str:
     v = np.asarray(values, float)
     return f'{v.mean():.2e} ± {v.std():.1e}'
 
+  def slope_cell(res, key, with_std):
+    text = f'**{res[key]:.2f}**'
+    return text + (f' ± {res[key + "_std"]:.2f}' if with_std and key + '_std' in res else '')
+
   def slope_row(label, suffix):
-    return (f'| {label} | '
-            + ' | '.join(f'**{models[m]["regression_slope" + suffix]:.2f}**' for m in names)
-            + ' | '
-            + ' | '.join(f'**{models[m]["parameter_slope" + suffix]:.2f}**' for m in names)
-            + ' |\n')
+    keys = ['regression_slope' + suffix, 'parameter_slope' + suffix]
+    return (f'| {label} | ' + ' | '.join(slope_cell(models[m], k, not suffix)
+                                        for k in keys for m in names) + ' |\n')
 
   head = ('| n | ' + ' | '.join(f'L2 error, {m}' for m in names) + ' | '
           + ' | '.join(f'Voronoi loss, {m}' for m in names) + ' |\n'

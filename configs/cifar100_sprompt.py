@@ -1,0 +1,10 @@
+"""S-Prompt (the HiDe repositories' version) on Split CIFAR-100 (10 tasks) with the references' hyper-parameters (cljax/config.py: baseline).
+
+  python -m cljax.main --config=configs/cifar100_sprompt.py[:BACKBONE] --workdir=DIR
+"""
+
+from cljax import config as config_lib
+
+
+def get_config(backbone: str = 'sup21k'):
+  return config_lib.paper('cifar100', 'sprompt', backbone)

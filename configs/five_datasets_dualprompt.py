@@ -1,0 +1,10 @@
+"""DualPrompt on 5-Datasets (5 tasks) with the references' hyper-parameters (cljax/config.py: baseline).
+
+  python -m cljax.main --config=configs/five_datasets_dualprompt.py[:BACKBONE] --workdir=DIR
+"""
+
+from cljax import config as config_lib
+
+
+def get_config(backbone: str = 'sup21k'):
+  return config_lib.paper('five_datasets', 'dualprompt', backbone)

@@ -24,7 +24,7 @@ BENCHMARKS = {
     'five_datasets': (50, 5, 'default'),
     'split_digits': (10, 5, 'demo'),
 }
-METHODS = ('hideprompt', 'norga', 'l2p', 'dualprompt', 'sprompt', 'coda', 'sequential_head')
+METHODS = ('hideprompt', 'norga', 'l2p', 'dualprompt', 'sprompt', 'coda', 'smope', 'sequential_head')
 SCHEDULES = ('constant', 'step', 'cosine', 'smope_cosine', 'coswm')
 STATISTICS = ('covariance', 'variance', 'multi-centroid')
 OPTIMIZERS = ('adam', 'sgd', 'adamw')
@@ -32,6 +32,7 @@ IMR_SPLITS = ('coda', 'random_80_20')
 
 # Paper names of backbones -> cljax names (ALGORITHMS.md D4).
 BACKBONE_ALIASES = {
+    'sup1k': 'vit_b16_augreg2_in21k_ft_in1k', 'sup21k_augreg': 'vit_b16_augreg_in21k',
     'sup21k': 'vit_b16_in21k', 'ibot21k': 'ibot_in21k', 'ibot1k': 'ibot_in1k',
     'dino': 'dino_in1k', 'dino1k': 'dino_in1k', 'mocov3': 'mocov3_in1k', 'moco': 'mocov3_in1k',
 }
@@ -98,6 +99,9 @@ def base() -> ml_collections.ConfigDict:
       g_layers=(0, 1), g_length=5,         # DualPrompt's G-prompt
       # --- CODA-Prompt
       ortho_mu=0.0,
+      # --- SMoPE (length = 2 x experts per layer and head)
+      experts_top_k=5, noise_eps=0.4, mu_router=1e-5, mu_router_old=1e-5,
+      smope_eval_counts='reference',   # quirk 11.9: reference (counts reset) | saved
   ))
   c.statistics = ml_collections.ConfigDict(dict(method='covariance', n_centroids=10))
   c.schedule = ml_collections.ConfigDict(dict(decay_epochs=30, decay_rate=0.1, min_lr=1e-5))
@@ -141,6 +145,8 @@ def paper(dataset: str, method: str, backbone: str = 'sup21k') -> ml_collections
   backbone = backbone or 'sup21k'
   if method in BASELINES:
     return baseline(dataset, method, backbone)
+  if method == 'smope':
+    return smope(dataset)
   if (dataset, backbone) not in _TABLE:
     cells = sorted({f'{d}/{b}' for d, b in _TABLE})
     raise ConfigError(f'the references have no {method} run of {dataset} with backbone '
@@ -230,6 +236,13 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
            f'config.prompt.pool_size={p.pool_size} (CODA components) must be a positive multiple of '
            f'the {b.num_tasks} tasks')
     _check(p.length % 2 == 0, f'config.prompt.length={p.length} must be even (half keys, half values)')
+  if c.method == 'smope':
+    _check(p.length % 2 == 0 and p.length >= 2,
+           f'config.prompt.length={p.length} must be even: SMoPE has length/2 experts per head')
+    _check(1 <= p.experts_top_k <= p.length // 2,
+           f'config.prompt.experts_top_k={p.experts_top_k} must be in 1..{p.length // 2} (the experts)')
+    if p.smope_eval_counts not in ('reference', 'saved'):
+      raise one_of('config.prompt.smope_eval_counts', p.smope_eval_counts, ('reference', 'saved'))
   if c.prompt.ca_schedule not in ('cosine_epoch', 'coswm'):
     raise one_of('alignment schedule (config.prompt.ca_schedule)', c.prompt.ca_schedule, ('cosine_epoch', 'coswm'))
   if c.benchmark.transforms not in ('hide', 'smope'):
@@ -323,6 +336,17 @@ def demo(method: str = 'norga') -> ml_collections.ConfigDict:
                   activation='tanh' if method == 'norga' else 'identity')
   if method in BASELINES:
     demo_baseline(c, method)
+  if method == 'smope':
+    c.task_identity.enabled = False
+    c.mask_test_logits = True
+    c.statistics.update(method='multi-centroid', n_centroids=1)
+    c.benchmark.transforms = 'smope'
+    c.prompt.update(layers=(0, 1, 2, 3), length=16, experts_top_k=3, noise_eps=0.4, mu_router=1e-4,
+                    mu_router_old=1e-4, gate='linear', activation='identity', optimizer='adamw',
+                    lr=0.01, schedule='coswm', freeze_iters=0, scale_lr_by_batch=False,
+                    prompt_lr_scale=5.0, clip_grad=0.0, reg=0.0, momentum=0.0, ca_lr=1e-3,
+                    ca_optimizer='adamw', ca_weight_decay=5e-4, ca_schedule='coswm',
+                    ca_samples_ratio=1.0)
   c.log_every_steps = 0
   return c
 
@@ -413,4 +437,48 @@ def baseline(dataset: str, method: str, backbone: str = 'sup21k') -> ml_collecti
     p.update(layers=(0, 1, 2, 3, 4), pool_size=5 if five else 10, length=40 if five else 20, top_k=1,
              pull_coeff=0.5 if five else 1.0, batchwise_prompt=dataset in ('cifar100', 'five_datasets'),
              use_prompt_mask=True, shared_prompt_pool=True)
+  return c
+
+
+
+# ----------------------------------------------------------------------------- SMoPE
+
+# [S] configs/experiments (ALGORITHMS.md 9.3): batch, lr, schedule (freeze iters, warm-up epochs,
+# epochs) or cosine, iter_step, mu_router, mu_router_old, eps, alignment epochs and sample ratio.
+_SMOPE = {
+    ('cifar100', 10): (128, 5e-3, ('coswm', 80, 0, 20), 40, 1e-5, 1e-5, 0.4, 50, 1.0),
+    ('cub', 10): (128, 5e-3, ('smope_cosine', 0, 0, 20), 0, 1e-5, 5e-5, 0.4, 50, 1.0),
+    ('imr', 5): (64, 2.5e-3, ('coswm', 80, 0, 20), 80, 1e-4, 1e-5, 0.7, 60, 2.0),
+    ('imr', 10): (64, 2.5e-3, ('coswm', 40, 0, 20), 40, 5e-5, 1e-4, 0.5, 50, 6.0),
+    ('imr', 20): (64, 2.5e-3, ('coswm', 20, 0, 20), 20, 1e-4, 5e-5, 0.3, 50, 4.0),
+}
+
+
+def smope(dataset: str, num_tasks: int = 10) -> ml_collections.ConfigDict:
+  """SMoPE as [S] runs it: seeds 0..4 (default 0), its transforms and backbones (Sup-1K =
+  AugReg2 in21k->in1k; CUB: AugReg in21k), prompt experts in layers 0-5 (D10: OnePrompt also
+  for the 10/20-task ImageNet-R runs)."""
+  if (dataset, num_tasks) not in _SMOPE:
+    cells = ', '.join(f'{d}/{t} tasks' for d, t in _SMOPE)
+    raise ConfigError(f'the references have no SMoPE run of {dataset} with {num_tasks} tasks; available: {cells}')
+  batch, lr, (sched, freeze, warmup, epochs), iter_step, mu_r, mu_old, eps, ca_epochs, ratio = _SMOPE[(dataset, num_tasks)]
+  c = base()
+  c.method = 'smope'
+  c.seed = 0
+  c.benchmark.name = dataset
+  c.benchmark.num_tasks = num_tasks
+  c.benchmark.transforms = 'smope'
+  c.backbone.name = 'vit_b16_augreg_in21k' if dataset == 'cub' else 'vit_b16_augreg2_in21k_ft_in1k'
+  c.batch_size = c.eval_batch_size = batch
+  c.task_identity.enabled = False
+  c.mask_test_logits = True
+  c.prompt.update(layers=(0, 1, 2, 3, 4, 5), length=50, experts_top_k=5, mu_router=mu_r,
+                  mu_router_old=mu_old, noise_eps=eps, gate='linear', activation='identity',
+                  optimizer='adamw', weight_decay=0.0, lr=lr, schedule=sched, epochs=epochs,
+                  iter_step=iter_step, freeze_iters=freeze, warmup_epochs=warmup,
+                  scale_lr_by_batch=False, prompt_lr_scale=5.0, clip_grad=0.0, reg=0.0,
+                  momentum=0.0, larger_prompt_lr=False, ca_lr=1e-4, ca_epochs=ca_epochs,
+                  ca_optimizer='adamw', ca_weight_decay=5e-4, ca_schedule='coswm',
+                  ca_samples_ratio=ratio)
+  c.statistics.update(method='multi-centroid', n_centroids=1)
   return c

@@ -310,6 +310,84 @@ class CodaViT(PromptedViT):
     return self.head(self.fc_norm(self.norm(h)[:, 0]))
 
 
+class SmopeViT(PromptedViT):
+  """SMoPE (the SMoPE repository's OnePrompt): shared prompt experts per layer and head, mean-query
+  scores, adaptive noise, top-K, router and prototype losses; loops written as the reference's."""
+
+  def __init__(self, expert_layers=(0, 1), experts=6, top_k=2, eps=0.4, **kw):
+    super().__init__(**kw)
+    dim, heads = self.cls_token.shape[-1], self.blocks[0].attn.heads
+    self.expert_layers, self.top_k, self.eps = list(expert_layers), top_k, eps
+    self.keys = nn.Parameter(torch.rand(len(expert_layers), experts, heads, dim // heads))
+    self.values = nn.Parameter(torch.rand(len(expert_layers), experts, heads, dim // heads))
+
+  def sparse_attention(self, attn, x, pk, pv, noise, top_k):
+    """pk, pv: [H, E, d]; noise: [H, E] eps per expert; top_k < 0: dense."""
+    b, n, c = x.shape
+    q, k, v = attn.qkv(x).view(b, n, 3, attn.heads, c // attn.heads).permute(2, 0, 3, 1, 4)
+    q_prompt = q.mean(dim=-2, keepdim=True)                        # [B, H, 1, d]
+    score = q_prompt @ pk.unsqueeze(0).transpose(-2, -1)           # [B, H, 1, E]
+    label = None
+    if top_k < 0:
+      prompt_logits, values = score.expand(-1, -1, n, -1) * attn.scale, pv.unsqueeze(0).expand(b, -1, -1, -1)
+    else:
+      with torch.no_grad():
+        rng = score.max(-1, keepdim=True).values - score.min(-1, keepdim=True).values
+      label = score - noise.unsqueeze(0).unsqueeze(2) * rng
+      idx = torch.topk(label, top_k, dim=-1).indices               # [B, H, 1, K]
+      gather = lambda t: torch.gather(t.unsqueeze(0).unsqueeze(2).expand(b, -1, 1, -1, -1), 3,
+                                      idx.unsqueeze(-1).expand(-1, -1, -1, -1, t.shape[-1])).squeeze(2)
+      pk_sel, values = gather(pk), gather(pv)                       # [B, H, K, d]
+      prompt_logits = (q_prompt @ pk_sel.transpose(-2, -1)).expand(-1, -1, n, -1) * attn.scale
+    logits = torch.cat([prompt_logits, q @ k.transpose(-2, -1) * attn.scale], -1)
+    out = logits.softmax(-1) @ torch.cat([values, v], 2)
+    return attn.proj(out.transpose(1, 2).reshape(b, n, c)), (score, label)
+
+  def forward(self, x, noise=None, dense=False):
+    """noise: [L_s, H, E] eps per expert (train: eps on frequent experts; test: 2 on unused)."""
+    h = self.patch_embed(x)
+    h = torch.cat([self.cls_token.expand(h.shape[0], -1, -1), h], 1) + self.pos_embed
+    scores = {}
+    for i, block in enumerate(self.blocks):
+      if i in self.expert_layers:
+        j = self.expert_layers.index(i)
+        pk, pv = self.keys[j].transpose(0, 1), self.values[j].transpose(0, 1)
+        y, scores[i] = self.sparse_attention(block.attn, block.norm1(h), pk, pv, noise[j], -1 if dense else self.top_k)
+        h = h + y
+        h = h + block.mlp(block.norm2(h))
+      else:
+        h = block(h)
+    return self.head(self.fc_norm(self.norm(h)[:, 0])), scores
+
+  def router_loss(self, scores, mu):
+    loss = 0.0
+    for i in self.expert_layers:
+      score, label = scores[i]
+      indices = torch.topk(label, self.top_k, dim=-1).indices
+      not_mask = 1.0 - torch.zeros_like(score).scatter(-1, indices, 1.0)
+      with torch.no_grad():
+        rng = score.max(-1, keepdim=True).values - score.min(-1, keepdim=True).values
+      adjusted = score + not_mask * self.eps * rng
+      for head in range(score.shape[1]):
+        for k in range(self.top_k):
+          loss = loss + mu * F.cross_entropy(adjusted[:, head, 0, :], indices[:, head, 0, k])
+    return loss
+
+  def prototype_loss(self, old_keys, frequent, mu):
+    loss = 0.0
+    for j in range(len(self.expert_layers)):
+      for head in range(self.keys.shape[2]):
+        chosen = frequent[j, head]
+        if not chosen.any():
+          continue
+        old, cur = old_keys[j, :, head], self.keys[j, :, head]
+        sampled = old[chosen]
+        targets = torch.topk(sampled @ old.t(), self.top_k, dim=-1).indices
+        for k in range(self.top_k):
+          loss = loss + mu * F.cross_entropy(sampled @ cur.t(), targets[:, k])
+    return loss
+
+
 # ----------------------------------------------------------------------------- cljax vs oracle
 
 def rel_err(a, b) -> float:

@@ -4,7 +4,7 @@ from cljax.errors import one_of
 
 
 def build(config, vit_cfg, num_classes: int, num_tasks: int):
-  from cljax.methods import coda, hide, keyed  # pylint: disable=g-import-not-at-top
+  from cljax.methods import coda, hide, keyed, smope  # pylint: disable=g-import-not-at-top
   builders = {
       'hideprompt': hide.build_prompted,
       'norga': hide.build_prompted,
@@ -12,6 +12,7 @@ def build(config, vit_cfg, num_classes: int, num_tasks: int):
       'dualprompt': keyed.build,
       'sprompt': keyed.build,
       'coda': coda.build,
+      'smope': smope.build,
       'sequential_head': hide.build_sequential_head,
   }
   if config.method not in builders:

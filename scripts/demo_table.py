@@ -16,7 +16,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-METHODS = ('l2p', 'dualprompt', 'sprompt', 'coda', 'hideprompt', 'norga', 'sequential_head')
+METHODS = ('l2p', 'dualprompt', 'sprompt', 'coda', 'smope', 'hideprompt', 'norga', 'sequential_head')
 
 
 def main():

@@ -54,7 +54,8 @@ class StageSetup:
 class Experiment:
   """A configured run: data, backbone, method(s) and the jitted steps."""
 
-  def __init__(self, config, workdir: str, load_data: bool = True, verbose: bool = True):
+  def __init__(self, config, workdir: str, load_data: bool = True, verbose: bool = True,
+               load_backbone: bool = True):
     self.config = config_lib.validate(config)
     self.workdir = workdir
     self.verbose = verbose
@@ -82,7 +83,10 @@ class Experiment:
     self.stages.append(StageSetup('prompt', self.method, c.prompt, config_lib.lr_scale(c),
                                   c.prompt.ca_lr, self.method.alignment_samples_per_class or c.batch_size,
                                   c.statistics.method))
-    self.backbone = self._load_backbone()
+    # Without weights (cost analysis): the backbone's shapes only.
+    self.backbone = self._load_backbone() if load_backbone else \
+        jax.eval_shape(lambda: self.method.model.backbone.init(
+            jax.random.PRNGKey(0), jnp.zeros((1, self.vit_cfg.image_size, self.vit_cfg.image_size, 3))))['params']
     self.data = None
     if load_data:
       self.data = benchmarks.synthetic(c) if c.dry_run else benchmarks.load(c)

@@ -1,0 +1,103 @@
+"""What a run tells its user: terminal progress, JSON lines and TensorBoard events.
+
+* Terminal: on a TTY a live line per training loop (step, loss, accuracy, img/s, ETA) that is
+  rewritten in place; otherwise (CI, log files) a plain line every ``every_seconds``. Epoch and
+  task summaries are printed either way.
+* ``<workdir>/metrics.jsonl``: one JSON object per epoch, evaluation and stage.
+* ``<workdir>/tensorboard``: the same numbers as TensorBoard scalars (tensorboardX).
+Only process 0 of a multi-host run writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any, Dict, Optional
+
+import jax
+
+
+def _eta(seconds: float) -> str:
+  seconds = max(0, int(seconds))
+  h, rest = divmod(seconds, 3600)
+  m, s = divmod(rest, 60)
+  return f'{h}h{m:02d}m' if h else (f'{m}m{s:02d}s' if m else f'{s}s')
+
+
+class RunLog:
+  def __init__(self, workdir: str, verbose: bool = True, tensorboard: bool = True,
+               every_seconds: float = 30.0, stream=None):
+    self.workdir = workdir
+    self.main = jax.process_index() == 0
+    self.verbose = verbose and self.main
+    self.stream = stream or sys.stdout
+    self.tty = bool(getattr(self.stream, 'isatty', lambda: False)())
+    self.every = every_seconds
+    self._last_plain = 0.0
+    self._live = False
+    self._writer = None
+    self._tensorboard = tensorboard and bool(workdir) and self.main
+    self.steps: Dict[str, int] = {}
+
+  # --------------------------------------------------------------------------- terminal
+
+  def print(self, message: str) -> None:
+    if not self.verbose:
+      return
+    if self._live:
+      self.stream.write('\n')
+      self._live = False
+    self.stream.write(message + '\n')
+    self.stream.flush()
+
+  def progress(self, tag: str, done: int, total: int, start: float, metrics: Dict[str, float],
+               images: int = 0) -> None:
+    """A training loop's progress: live on a TTY, a plain line every `every` seconds elsewhere."""
+    if not self.verbose or total <= 0:
+      return
+    now = time.time()
+    elapsed = now - start
+    eta = elapsed / max(done, 1) * (total - done)
+    rate = f', {images / max(elapsed, 1e-9):.0f} img/s' if images else ''
+    values = ' '.join(f'{k} {v:.4f}' for k, v in metrics.items())
+    line = f'  {tag} {done}/{total} {values}{rate}, eta {_eta(eta)}'
+    if self.tty:
+      width = 30
+      bar = '#' * int(width * done / total) + '.' * (width - int(width * done / total))
+      self.stream.write(f'\r  {tag} [{bar}] {done}/{total} {values}{rate}, eta {_eta(eta)}   ')
+      self.stream.flush()
+      self._live = True
+    elif now - self._last_plain >= self.every:
+      self._last_plain = now
+      self.print(line)
+
+  # --------------------------------------------------------------------------- files
+
+  @property
+  def writer(self):
+    if self._writer is None and self._tensorboard:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._writer = SummaryWriter(os.path.join(self.workdir, 'tensorboard'))
+    return self._writer
+
+  def record(self, entry: Dict[str, Any], scalars_prefix: Optional[str] = None,
+             step: Optional[int] = None) -> None:
+    """A JSON line, and its numbers as TensorBoard scalars under scalars_prefix at step."""
+    if not self.main or not self.workdir:
+      return
+    with open(os.path.join(self.workdir, 'metrics.jsonl'), 'a') as f:
+      f.write(json.dumps({'time': round(time.time(), 3), **entry}) + '\n')
+    if scalars_prefix is not None and self.writer is not None:
+      for key, value in entry.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ('task', 'epoch'):
+          self.writer.add_scalar(f'{scalars_prefix}/{key}', value, step)
+      self.writer.flush()
+
+  def close(self) -> None:
+    if self._live:
+      self.print('')
+    if self._writer is not None:
+      self._writer.close()
+      self._writer = None

@@ -15,8 +15,12 @@ from cljax.methods.base import Method, accuracy, cross_entropy, mask_logits
 from cljax.models.assembly import PromptedViTSpec
 
 
-def build(config, vit_cfg, num_classes: int) -> Method:
-  model = PromptedViTSpec(vit_cfg, num_classes, None, tuple(config.task_identity.mlp_hidden),
+def frozen_backbone_classifier(name: str, config, vit_cfg, num_classes: int, mlp_hidden,
+                               **method_options) -> Method:
+  """Frozen backbone (+ residual MLP mapping when mlp_hidden) + linear head over all classes,
+  trained with the task-masked CE: the task-identity model, and without the MLP the head-only
+  sequential baseline."""
+  model = PromptedViTSpec(vit_cfg, num_classes, None, tuple(mlp_hidden),
                           fc_norm=not vit_cfg.final_norm, dtype=jnp.dtype(config.dtype))
 
   def init(rng):
@@ -36,8 +40,14 @@ def build(config, vit_cfg, num_classes: int) -> Method:
     full = {'backbone': backbone, **params}
     return model.logits(full, model.features(full, images)[0]), prompt_ids
 
-  return Method('task_identity', model, init, lambda p, t: jax.tree.map(lambda _: 1.0, p), loss,
-                features, predict, uses_statistics=True, alignment_samples_per_class=config.batch_size)
+  return Method(name, model, init, lambda p, t: jax.tree.map(lambda _: 1.0, p), loss,
+                features, predict, **method_options)
+
+
+def build(config, vit_cfg, num_classes: int) -> Method:
+  return frozen_backbone_classifier('task_identity', config, vit_cfg, num_classes,
+                                    config.task_identity.mlp_hidden, uses_statistics=True,
+                                    alignment_samples_per_class=config.batch_size)
 
 
 def predict_task(logits, seen_mask, class_to_task):

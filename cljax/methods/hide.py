@@ -112,26 +112,7 @@ def build_prompted(config, vit_cfg, num_classes: int, num_tasks: int) -> Method:
 
 def build_sequential_head(config, vit_cfg, num_classes: int, num_tasks: int) -> Method:
   """A linear head on the frozen backbone, trained task after task with the task-masked CE and
-  evaluated over all classes: the forgetting baseline of the demo."""
-  model = PromptedViTSpec(vit_cfg, num_classes, None, (), fc_norm=not vit_cfg.final_norm,
-                          dtype=jnp.dtype(config.dtype))
-
-  def init(rng):
-    return model.init_trainable(rng)
-
-  def loss(params, state, backbone, images, labels, mask, t, context):
-    full = {'backbone': backbone, **params}
-    pre, _ = model.features(full, images)
-    logits = mask_logits(model.logits(full, pre), context['task_mask'])
-    ce = cross_entropy(logits, labels, mask)
-    return ce, {'ce': ce, 'accuracy': accuracy(logits, labels, mask)}
-
-  def features(params, state, backbone, images, t, mask):
-    return model.features({'backbone': backbone, **params}, images)[0]
-
-  def predict(params, state, backbone, images, prompt_ids, mask):
-    full = {'backbone': backbone, **params}
-    return model.logits(full, model.features(full, images)[0]), prompt_ids
-
-  return Method(config.method, model, init, lambda p, t: jax.tree.map(lambda _: 1.0, p), loss,
-                features, predict)
+  evaluated over all classes: the forgetting baseline of the demo (the task-identity model
+  without its MLP)."""
+  from cljax.continual.task_identity import frozen_backbone_classifier  # pylint: disable=g-import-not-at-top
+  return frozen_backbone_classifier(config.method, config, vit_cfg, num_classes, ())

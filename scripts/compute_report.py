@@ -62,7 +62,7 @@ def stage_costs(exp, stage, batch: int, t: int = 1):
 
 def inference_cost(exp, batch: int):
   stage = exp.stages[-1]
-  step = exp._eval_step('prompt')
+  step = exp._eval_step('prompt', per_example=False)
   params = jax.eval_shape(stage.method.init, jax.random.PRNGKey(0))
   state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), stage.method.init_state())
   tii = jax.eval_shape(exp.stages[0].method.init, jax.random.PRNGKey(0)) if len(exp.stages) > 1 else None

@@ -123,3 +123,39 @@ def test_coda_gram_schmidt_components_and_freezing():
   assert np.abs(g[:2]).max() == 0 and np.abs(g[2:4]).max() > 0 and np.abs(g[4:]).max() == 0
   gk = np.asarray(grads['prompts']['prompt']['e_k_0'])
   assert np.isfinite(gk).all() and np.abs(gk[4:]).max() == 0
+
+
+@pytest.mark.parametrize('name', ['l2p', 'sprompt'])
+def test_batchwise_vote_also_reports_each_example_own_choice(name):
+  """ALGORITHMS.md D1: with the vote on, predict_per_example is the vote-free forward."""
+  _, voted, _, params = keyed_pair(name, batchwise=True)
+  _, _, own_model, _ = keyed_pair(name, batchwise=False)     # same weights, no vote
+  trainable = {k: v for k, v in params.items() if k != 'backbone'}
+  args = (trainable, {}, params['backbone'], IMAGES, jnp.zeros(6, jnp.int32), jnp.ones(6, bool))
+  logits, idx = jax.jit(voted.predict_per_example)(*args)
+  t_logits, t_idx, _ = own_model(torch.from_numpy(IMAGES).permute(0, 3, 1, 2))
+  assert np.array_equal(np.asarray(idx), t_idx.numpy())
+  assert len(set(map(tuple, np.asarray(idx).tolist()))) > 1      # the vote would have made one
+  assert rel_err(logits, t_logits.detach().numpy()) < FWD
+  demo_votes = config_lib.demo(name).prompt.batchwise_prompt      # demo: L2P votes, S-Prompt not
+  assert (methods_lib.build(config_lib.demo(name), CFG, 10, 5).predict_per_example is not None) == demo_votes
+
+
+def test_hide_batchwise_vote_and_per_example_prompts():
+  c = config_lib.demo('norga')
+  c.prompt.batchwise_prompt = True
+  voted = methods_lib.build(c, CFG, 10, 5)
+  c.prompt.batchwise_prompt = False
+  own = methods_lib.build(c, CFG, 10, 5)
+  assert own.predict_per_example is None
+  params = jax.jit(own.init)(jax.random.PRNGKey(0))
+  backbone = jax.jit(lambda k: own.model.backbone.init(k, IMAGES[:1])['params'])(jax.random.PRNGKey(1))
+  ids = jnp.array([0, 1, 1, 2, 1, 0], jnp.int32)
+  mask = jnp.ones(6, bool)
+  logits_own, used_own = own.predict(params, {}, backbone, IMAGES, ids, mask)
+  logits_pe, used_pe = voted.predict_per_example(params, {}, backbone, IMAGES, ids, mask)
+  logits_vote, used_vote = voted.predict(params, {}, backbone, IMAGES, ids, mask)
+  np.testing.assert_array_equal(used_pe, ids)
+  np.testing.assert_array_equal(logits_pe, logits_own)
+  np.testing.assert_array_equal(used_vote, np.ones(6))          # id 1 has the most votes
+  assert not np.allclose(logits_vote, logits_own)

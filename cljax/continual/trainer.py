@@ -194,6 +194,8 @@ class Experiment:
     state['accuracy_before_alignment'] = np.zeros((T, T), np.float32)
     state['task_identity_accuracy'] = np.zeros((T, T), np.float32)
     state['stage1_task_identity_accuracy'] = np.zeros((2, T), np.float32)  # before / after CA
+    if self.method.predict_per_example:
+      state['accuracy_per_example'] = np.zeros((T, T), np.float32)   # batchwise vote off (D1)
     return state
 
   # --------------------------------------------------------------------------- loops
@@ -353,9 +355,11 @@ class Experiment:
         self._log(f'  [{stage.name}] task {t + 1} alignment epoch {epoch + 1}/{epochs} loss {mean_loss:.4f}')
     return {**stage_state, 'params': params}
 
-  def _eval_step(self, stage_name: str):
-    """One jitted step: (correct, task-identity correct, count) of a test batch."""
-    key = f'eval/{stage_name}'
+  def _eval_step(self, stage_name: str, per_example: bool = True):
+    """One jitted step: (correct, task-identity correct, count, correct without the batchwise
+    vote) of a test batch; the last equals the first for methods without a vote, or when
+    per_example is off (the deployed path alone, as the compute report counts it)."""
+    key = f'eval/{stage_name}/{per_example}'
     if key in self._jitted:
       return self._jitted[key]
     method = next(s for s in self.stages if s.name == stage_name).method
@@ -369,20 +373,27 @@ class Experiment:
         ids = task_identity.predict_task(tii_logits, seen, class_to_task)
       task = class_to_task[labels]
       if stage_name == 'task_identity':
-        return jnp.zeros((), jnp.int32), ((ids == task) & mask).sum(), mask.sum()
-      logits, used = method.predict(params, method_state, backbone, images, ids, mask)
-      if mask_test:     # off in the HiDe family (quirk 11.6): future-class rows compete
-        logits = mask_logits(logits, seen)
-      ok = (jnp.argmax(logits, -1) == labels) & mask
+        zero = jnp.zeros((), jnp.int32)
+        return zero, ((ids == task) & mask).sum(), mask.sum(), zero
+
+      def correct(predict):
+        logits, used = predict(params, method_state, backbone, images, ids, mask)
+        if mask_test:     # off in the HiDe family (quirk 11.6): future-class rows compete
+          logits = mask_logits(logits, seen)
+        return ((jnp.argmax(logits, -1) == labels) & mask).sum(), used
+
+      ok, used = correct(method.predict)
+      ok_own = correct(method.predict_per_example)[0] if per_example and method.predict_per_example else ok
       # Selected pool ids that equal the true task, counted over top-k as the references do.
       hits = (used == task) if used.ndim == 1 else (used == task[:, None]).sum(-1)
-      return ok.sum(), jnp.where(mask, hits, 0).sum(), mask.sum()
+      return ok, jnp.where(mask, hits, 0).sum(), mask.sum(), ok_own
 
     self._jitted[key] = jax.jit(step)
     return self._jitted[key]
 
-  def evaluate(self, state, t: int, stage_name: str = 'prompt'):
-    """Accuracy (%) and task-identity accuracy (%) on the test sets of tasks 0..t.
+  def evaluate(self, state, t: int, stage_name: str = 'prompt', per_example: bool = False):
+    """Accuracy (%) and task-identity accuracy (%) on the test sets of tasks 0..t (and, with
+    per_example, the accuracy without the batchwise vote).
 
     With stage_name='task_identity' the stage-1 model alone is scored: the fraction of test
     images whose predicted task is right (its "TII accuracy")."""
@@ -393,17 +404,18 @@ class Experiment:
     tii_params = state['task_identity']['params'] if 'task_identity' in state else None
     params = state[stage_name]['params']
     method_state = state[stage_name]['method_state']
-    acc, task_acc = np.zeros(t + 1), np.zeros(t + 1)
+    acc, task_acc, acc_own = np.zeros(t + 1), np.zeros(t + 1), np.zeros(t + 1)
     for i in range(t + 1):
       indices = self.data.test.indices_of(self.split.tasks[i])
       sums = []
       for batch in self._batches(indices, False, (0,), False, c.eval_batch_size):
         sums.append(step(params, method_state, tii_params, self.backbone, batch.images,
                          batch.labels, batch.mask, seen, class_to_task))
-      correct, task_correct, total = (sum(int(x[k]) for x in sums) for k in range(3))
+      correct, task_correct, total, own = (sum(int(x[k]) for x in sums) for k in range(4))
       acc[i] = 100.0 * correct / max(total, 1)
       task_acc[i] = 100.0 * task_correct / max(total, 1)
-    return acc, task_acc
+      acc_own[i] = 100.0 * own / max(total, 1)
+    return (acc, task_acc, acc_own) if per_example else (acc, task_acc)
 
   # --------------------------------------------------------------------------- run
 
@@ -470,8 +482,10 @@ class Experiment:
             acc_before, _ = self.evaluate(state, t)
             state['accuracy_before_alignment'][: t + 1, t] = acc_before
             state[stage.name] = self.align(stage, state[stage.name], t)
-          acc, task_acc = self.evaluate(state, t)
+          acc, task_acc, acc_own = self.evaluate(state, t, per_example=True)
           state['accuracy'][: t + 1, t] = acc
+          if 'accuracy_per_example' in state:
+            state['accuracy_per_example'][: t + 1, t] = acc_own
           state['task_identity_accuracy'][: t + 1, t] = task_acc
           if not (self.method.uses_statistics and t > 0):
             state['accuracy_before_alignment'][: t + 1, t] = acc
@@ -507,8 +521,13 @@ class Experiment:
               f'forgetting {summary["forgetting"]:.2f} | '
               f'task identity {summary["task_identity_accuracy"]:.2f} | '
               f'before alignment {before["average_accuracy"]:.2f}')
+    extra = {}
+    if 'accuracy_per_example' in state:
+      extra['average_accuracy_per_example'] = metrics.summary(state['accuracy_per_example'], t)['average_accuracy']
+      self._log(f'after task {t + 1}: without the batchwise prompt vote (each image its own prompt): '
+                f'average accuracy {extra["average_accuracy_per_example"]:.2f}')
     self._record({'task': t, 'event': 'evaluation', **summary,
-                  'average_accuracy_before_alignment': before['average_accuracy']})
+                  'average_accuracy_before_alignment': before['average_accuracy'], **extra})
 
   def _results(self, state, seconds: float) -> Dict[str, Any]:
     acc = np.asarray(state['accuracy'])
@@ -529,7 +548,19 @@ class Experiment:
         'tasks_completed': int(state['step']) // 2,
         'seconds_this_invocation': round(seconds, 1),
         'devices': int(self.mesh.devices.size),
+        **self._per_example_results(state),
     }
+
+  @staticmethod
+  def _per_example_results(state) -> Dict[str, Any]:
+    """With a batchwise vote at test, the figures without it (ALGORITHMS.md D1)."""
+    if 'accuracy_per_example' not in state:
+      return {}
+    acc = np.asarray(state['accuracy_per_example'])
+    return {'final_average_accuracy_per_example': metrics.final_average_accuracy(acc),
+            'cumulative_average_accuracy_per_example': metrics.cumulative_average_accuracy(acc),
+            'forgetting_per_example': metrics.forgetting(acc),
+            'accuracy_matrix_per_example': acc.tolist()}
 
 
 def run(config, workdir: str) -> Dict[str, Any]:

@@ -68,6 +68,9 @@ class Method:
   statistics_train_transform: bool = False   # SMoPE/CODA summarise train-transformed images
   alignment_samples_per_class: int = 0  # n_pc of the alignment (0: batch size)
   mask_test_logits: bool = False       # [S]-family evaluation: argmax among seen classes
+  # With a batchwise vote at test (quirk 11.8): the same predict with each example's own choice,
+  # so the per-example figure is reported beside the voted one (ALGORITHMS.md D1).
+  predict_per_example: Optional[Callable] = None
 
   def training_phases(self, t: int, epochs: int) -> Sequence[Phase]:
     return self.phases(t, epochs) if self.phases else [Phase('train', epochs)]

@@ -97,16 +97,18 @@ def build_prompted(config, vit_cfg, num_classes: int, num_tasks: int) -> Method:
     pre, _ = model.features({'backbone': backbone, **params}, images, idx, num_valid=mask.sum())
     return pre
 
-  def predict(params, state, backbone, images, prompt_ids, mask):
-    if batchwise:
-      prompt_ids = batchwise_ids(prompt_ids, mask, pool.pool_size)
-    full = {'backbone': backbone, **params}
-    pre, _ = model.features(full, images, prompt_ids, num_valid=mask.sum())
-    return model.logits(full, pre), prompt_ids
+  def make_predict(vote: bool):
+    def predict(params, state, backbone, images, prompt_ids, mask):
+      if vote:
+        prompt_ids = batchwise_ids(prompt_ids, mask, pool.pool_size)
+      full = {'backbone': backbone, **params}
+      pre, _ = model.features(full, images, prompt_ids, num_valid=mask.sum())
+      return model.logits(full, pre), prompt_ids
+    return predict
 
-  return Method(config.method, model, init, lr_multipliers, loss, features, predict,
+  return Method(config.method, model, init, lr_multipliers, loss, features, make_predict(batchwise),
                 begin_task=begin_task, end_task=end_task, uses_task_identity=True,
-                uses_statistics=True,
+                uses_statistics=True, predict_per_example=make_predict(False) if batchwise else None,
                 alignment_samples_per_class=int(p.ca_samples_ratio * config.batch_size))
 
 

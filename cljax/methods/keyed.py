@@ -94,9 +94,9 @@ def build(config, vit_cfg, num_classes: int, num_tasks: int) -> Method:
     pre, _ = model.backbone.apply({'params': backbone}, images, **inputs)
     return model.logits(full, pre)
 
-  def choose(params, backbone, images, mask, t, train: bool):
+  def choose(params, backbone, images, mask, t, train: bool, vote: bool = batchwise):
     idx, keys_n, query_n = select(params['prompts']['e_prompt']['prompt_key'],
-                                  query(backbone, images), mask, top_k, batchwise)
+                                  query(backbone, images), mask, top_k, vote)
     if train and force_task_entry:
       # prompt_mask: entries [t k, (t+1) k) unless that runs past the pool (quirk 11.17).
       forced = t * top_k + jnp.arange(top_k)
@@ -125,9 +125,12 @@ def build(config, vit_cfg, num_classes: int, num_tasks: int) -> Method:
     inputs = pool.inputs(params['prompts']['e_prompt'], idx, num_valid=mask.sum())
     return model.backbone.apply({'params': backbone}, images, **inputs)[0]
 
-  def predict(params, state, backbone, images, prompt_ids, mask):
-    idx, _, _ = choose(params, backbone, images, mask, 0, train=False)
-    return forward(params, backbone, images, idx, mask), idx
+  def make_predict(vote: bool):
+    def predict(params, state, backbone, images, prompt_ids, mask):
+      idx, _, _ = choose(params, backbone, images, mask, 0, train=False, vote=vote)
+      return forward(params, backbone, images, idx, mask), idx
+    return predict
 
   return Method(name, model, init, lambda prm, t: jax.tree.map(lambda _: 1.0, prm), loss, features,
-                predict, begin_task=begin_task)
+                make_predict(batchwise), begin_task=begin_task,
+                predict_per_example=make_predict(False) if batchwise else None)

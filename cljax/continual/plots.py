@@ -61,11 +61,15 @@ def accuracy_over_time(acc: np.ndarray, t: int, path: str) -> None:
   plt.close(fig)
 
 
-def task_identity(tii: np.ndarray, t: int, path: str, stage1=None) -> None:
+def task_identity(tii, t: int, path: str, stage1=None) -> None:
+  """tii [T, T] (None: the method chooses no prompt per example) and stage1 [2, T] (None: no
+  task-identity model) as averages over the tasks seen after each task."""
   plt = _pyplot()
   n = t + 1
   fig, ax = plt.subplots(figsize=(6, 3.2))
-  ax.plot(range(1, n + 1), [tii[: k + 1, k].mean() for k in range(n)], marker='o', label='prompt stage: chosen task')
+  if tii is not None:
+    ax.plot(range(1, n + 1), [tii[: k + 1, k].mean() for k in range(n)], marker='o',
+            label='prompt stage: chosen task/prompt')
   if stage1 is not None:
     ax.plot(range(1, n + 1), stage1[0, :n], marker='x', ls='--', label='task-identity model, before alignment')
     ax.plot(range(1, n + 1), stage1[1, :n], marker='s', ls=':', label='task-identity model, after alignment')
@@ -99,15 +103,19 @@ def expert_usage(freq: np.ndarray, layers, path: str) -> None:
   plt.close(fig)
 
 
-def write_all(workdir: str, state, t: int, expert_layers=None) -> None:
-  """Every plot of a run after task t."""
+def write_all(workdir: str, state, t: int, expert_layers=None, chosen_task: bool = True) -> None:
+  """Every plot of a run after task t. chosen_task: the method picks a task/prompt per test
+  example (HiDe family, keyed pools); without it and without a task-identity model there is no
+  task-identity plot."""
   out = os.path.join(workdir, 'plots')
   os.makedirs(out, exist_ok=True)
   acc = np.asarray(state['accuracy'])
   accuracy_matrix(acc, t, os.path.join(out, 'accuracy_matrix.png'))
   accuracy_over_time(acc, t, os.path.join(out, 'accuracy_over_time.png'))
   stage1 = np.asarray(state['stage1_task_identity_accuracy']) if 'task_identity' in state else None
-  task_identity(np.asarray(state['task_identity_accuracy']), t, os.path.join(out, 'task_identity.png'), stage1)
+  if chosen_task or stage1 is not None:
+    tii = np.asarray(state['task_identity_accuracy']) if chosen_task else None
+    task_identity(tii, t, os.path.join(out, 'task_identity.png'), stage1)
   method_state = state['prompt'].get('method_state', {})
   if expert_layers is not None and 'freq' in method_state:
     expert_usage(np.asarray(method_state['freq']), list(expert_layers), os.path.join(out, 'expert_usage.png'))

@@ -19,7 +19,7 @@ from typing import Any, Dict, Optional
 import jax
 
 
-def _eta(seconds: float) -> str:
+def duration(seconds: float) -> str:
   seconds = max(0, int(seconds))
   h, rest = divmod(seconds, 3600)
   m, s = divmod(rest, 60)
@@ -36,6 +36,7 @@ class RunLog:
     self.tty = bool(getattr(self.stream, 'isatty', lambda: False)())
     self.every = every_seconds
     self._last_plain = 0.0
+    self._last_live = 0.0
     self._live = False
     self._writer = None
     self._tensorboard = tensorboard and bool(workdir) and self.main
@@ -46,32 +47,40 @@ class RunLog:
   def print(self, message: str) -> None:
     if not self.verbose:
       return
-    if self._live:
-      self.stream.write('\n')
+    if self._live:   # replace the live progress line
+      self.stream.write('\r\033[2K')
       self._live = False
     self.stream.write(message + '\n')
     self.stream.flush()
 
-  def progress(self, tag: str, done: int, total: int, start: float, metrics: Dict[str, float],
-               images: int = 0) -> None:
-    """A training loop's progress: live on a TTY, a plain line every `every` seconds elsewhere."""
+  def progress(self, tag: str, done: int, total: int, start: float, metrics: Dict[str, Any],
+               images: int = 0, force: bool = False) -> None:
+    """A training loop's progress: live on a TTY (at most 5 redraws a second), a plain line
+    every `every` seconds (or when `force`) elsewhere. Metric values may be device arrays: they
+    are read (a device sync) only when a line is drawn."""
     if not self.verbose or total <= 0:
       return
     now = time.time()
+    if self.tty:
+      if now - self._last_live < 0.2 and done < total:
+        return
+      self._last_live = now
+    elif not (force or now - self._last_plain >= self.every):
+      return
     elapsed = now - start
     eta = elapsed / max(done, 1) * (total - done)
     rate = f', {images / max(elapsed, 1e-9):.0f} img/s' if images else ''
-    values = ' '.join(f'{k} {v:.4f}' for k, v in metrics.items())
-    line = f'  {tag} {done}/{total} {values}{rate}, eta {_eta(eta)}'
+    values = ' '.join(f'{k} {float(v):.4f}' for k, v in metrics.items())
     if self.tty:
       width = 30
-      bar = '#' * int(width * done / total) + '.' * (width - int(width * done / total))
-      self.stream.write(f'\r  {tag} [{bar}] {done}/{total} {values}{rate}, eta {_eta(eta)}   ')
+      filled = int(width * done / total)
+      self.stream.write(f'\r\033[2K  {tag} [{"#" * filled}{"." * (width - filled)}] {done}/{total} '
+                        f'{values}{rate}, eta {duration(eta)}')
       self.stream.flush()
       self._live = True
-    elif now - self._last_plain >= self.every:
+    else:
       self._last_plain = now
-      self.print(line)
+      self.print(f'  {tag} {done}/{total} {values}{rate}, eta {duration(eta)}')
 
   # --------------------------------------------------------------------------- files
 

@@ -68,6 +68,8 @@ class Method:
   statistics_train_transform: bool = False   # SMoPE/CODA summarise train-transformed images
   alignment_samples_per_class: int = 0  # n_pc of the alignment (0: batch size)
   mask_test_logits: bool = False       # [S]-family evaluation: argmax among seen classes
+  chooses_prompts: bool = False        # predict returns a task/pool id per example (scored as
+                                       # task-identity accuracy; SMoPE, CODA use no such id)
 
   def training_phases(self, t: int, epochs: int) -> Sequence[Phase]:
     return self.phases(t, epochs) if self.phases else [Phase('train', epochs)]

@@ -106,7 +106,7 @@ def build_prompted(config, vit_cfg, num_classes: int, num_tasks: int) -> Method:
 
   return Method(config.method, model, init, lr_multipliers, loss, features, predict,
                 begin_task=begin_task, end_task=end_task, uses_task_identity=True,
-                uses_statistics=True,
+                uses_statistics=True, chooses_prompts=True,
                 alignment_samples_per_class=int(p.ca_samples_ratio * config.batch_size))
 
 

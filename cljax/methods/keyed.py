@@ -130,4 +130,4 @@ def build(config, vit_cfg, num_classes: int, num_tasks: int) -> Method:
     return forward(params, backbone, images, idx, mask), idx
 
   return Method(name, model, init, lambda prm, t: jax.tree.map(lambda _: 1.0, prm), loss, features,
-                predict, begin_task=begin_task)
+                predict, begin_task=begin_task, chooses_prompts=True)

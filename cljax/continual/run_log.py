@@ -19,6 +19,21 @@ from typing import Any, Dict, Optional
 import jax
 
 
+def quiet_libraries():
+  """Orbax and tfds log every file operation at INFO; cljax prints its own progress."""
+  import logging  # pylint: disable=g-import-not-at-top
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  if absl_logging.get_verbosity() <= absl_logging.INFO and '--verbosity' not in ' '.join(sys.argv):
+    absl_logging.set_verbosity(absl_logging.WARNING)
+  for name in ('orbax', 'absl', 'tensorflow_datasets'):
+    logging.getLogger(name).setLevel(logging.WARNING)
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    tfds.disable_progress_bar()
+  except ImportError:
+    pass
+
+
 def duration(seconds: float) -> str:
   seconds = max(0, int(seconds))
   h, rest = divmod(seconds, 3600)

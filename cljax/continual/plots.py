@@ -44,7 +44,7 @@ def accuracy_matrix(acc: np.ndarray, t: int, path: str, title: str = '') -> None
 def accuracy_over_time(acc: np.ndarray, t: int, path: str) -> None:
   plt = _pyplot()
   n = t + 1
-  fig, ax = plt.subplots(figsize=(6, 3.6))
+  fig, ax = plt.subplots(figsize=(7, 3.6))
   for i in range(n):
     ax.plot(range(i + 1, n + 1), acc[i, i:n], marker='o', ms=3, lw=1, label=f'task {i + 1}')
   average = [acc[: k + 1, k].mean() for k in range(n)]
@@ -54,7 +54,8 @@ def accuracy_over_time(acc: np.ndarray, t: int, path: str) -> None:
   ax.set_ylim(0, 100)
   ax.set_xticks(range(1, n + 1))
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=6, ncol=2, loc='lower left')
+  # Outside the axes: inside, it hides the curves of low-accuracy runs.
+  ax.legend(fontsize=6, ncol=1 + n // 12, loc='upper left', bbox_to_anchor=(1.01, 1.0))
   ax.set_title('accuracy of each task over time')
   fig.tight_layout()
   fig.savefig(path, dpi=110)
@@ -66,13 +67,14 @@ def task_identity(tii, t: int, path: str, stage1=None) -> None:
   task-identity model) as averages over the tasks seen after each task."""
   plt = _pyplot()
   n = t + 1
-  fig, ax = plt.subplots(figsize=(6, 3.2))
-  if tii is not None:
-    ax.plot(range(1, n + 1), [tii[: k + 1, k].mean() for k in range(n)], marker='o',
-            label='prompt stage: chosen task/prompt')
+  fig, ax = plt.subplots(figsize=(6, 3.4))
   if stage1 is not None:
     ax.plot(range(1, n + 1), stage1[0, :n], marker='x', ls='--', label='task-identity model, before alignment')
-    ax.plot(range(1, n + 1), stage1[1, :n], marker='s', ls=':', label='task-identity model, after alignment')
+    ax.plot(range(1, n + 1), stage1[1, :n], marker='s', ms=8, ls=':', label='task-identity model, after alignment')
+  if tii is not None:   # drawn last and thin: in HiDe/NoRGa it equals the line above
+    ax.plot(range(1, n + 1), [tii[: k + 1, k].mean() for k in range(n)], marker='o', ms=4, lw=1,
+            color='black', label='prompt stage: task/prompt chosen at test')
+  ax.set_title('task-identity accuracy (mean over the tasks seen so far)', fontsize=10)
   ax.set_xlabel('after training task')
   ax.set_ylabel('task-identity accuracy (%)')
   ax.set_ylim(0, 100)

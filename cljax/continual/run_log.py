@@ -82,10 +82,11 @@ class RunLog:
       self._last_live = now
     elif not (force or now - self._last_plain >= self.every):
       return
-    elapsed = now - start
+    values = ' '.join(f'{k} {float(v):.4f}' for k, v in metrics.items())
+    # After the read above: steps are dispatched asynchronously, so only now is `done` done.
+    elapsed = time.time() - start
     eta = elapsed / max(done, 1) * (total - done)
     rate = f', {images / max(elapsed, 1e-9):.0f} img/s' if images else ''
-    values = ' '.join(f'{k} {float(v):.4f}' for k, v in metrics.items())
     if self.tty:
       width = 30
       filled = int(width * done / total)

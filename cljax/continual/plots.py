@@ -96,11 +96,17 @@ def expert_usage(freq: np.ndarray, layers, path: str) -> None:
     im = ax.imshow(freq[j], aspect='auto', cmap='magma', vmin=0, vmax=top)
     ax.set_title(f'layer {layers[j]}', fontsize=8)
     ax.set_xlabel('expert', fontsize=7)
+    # Integer ticks (0-based, as config.prompt.layers): imshow's default ticks are fractional.
+    ax.set_xticks(range(0, freq.shape[2], max(1, freq.shape[2] // 8)))
+    ax.set_yticks(range(freq.shape[1]))
     if j == 0:
       ax.set_ylabel('head', fontsize=7)
+    else:
+      ax.set_yticklabels([])
     ax.tick_params(labelsize=6)
   fig.colorbar(im, ax=axes[0].tolist(), fraction=0.02)
-  fig.suptitle('SMoPE expert selections (cumulative counts)', fontsize=9)
+  fig.suptitle('SMoPE: times each expert was in the top-K (training images, all tasks so far)',
+               fontsize=9, y=1.04)
   fig.savefig(path, dpi=110, bbox_inches='tight')
   plt.close(fig)
 

@@ -146,6 +146,6 @@ def test_progress_is_live_on_a_tty_and_periodic_elsewhere(tmp_path):
 def test_functional_api_example_trains_and_swaps_the_gate(tmp_path):
   sys.path.insert(0, os.path.join(ROOT, 'scripts'))
   import functional_api_example
-  out = functional_api_example.main(epochs=2, data_dir=str(tmp_path), depth=2)
+  out = functional_api_example.main(epochs=2, data_dir=str(tmp_path), depth=3)
   assert out['losses'][1] < out['losses'][0]
   assert out['accuracy'] > 60 and out['accuracy_gelu'] > 60    # 2 classes: chance is 50%

@@ -368,7 +368,7 @@ class Experiment:
                             {'loss': mean_loss})
       # The scalar step counts alignment epochs over the run (cfg.ca_epochs per task after the first).
       self._record({'stage': stage.name, 'task': t, 'epoch': epoch, 'event': 'alignment', 'lr': epoch_lr,
-                    'loss': mean_loss}, f'align/{stage.name}', (t - 1) * epochs + epoch + 1)
+                    **({'loss': mean_loss} if losses else {})}, f'align/{stage.name}', (t - 1) * epochs + epoch + 1)
       if epoch == epochs - 1 or (epoch + 1) % 10 == 0:
         self._log(f'  [{stage.name}] task {t + 1} alignment epoch {epoch + 1}/{epochs} loss {mean_loss:.4f}')
     return {**stage_state, 'params': params}

@@ -59,7 +59,7 @@ def main(argv=None):
   p.add_argument('configs', nargs='+', help='config files, optionally with :argument')
   p.add_argument('--tiny', action='store_true', help='replace the model by a tiny one (CI)')
   args = p.parse_args(argv)
-  from cljax.main import quiet_libraries  # pylint: disable=g-import-not-at-top
+  from cljax.continual.run_log import quiet_libraries  # pylint: disable=g-import-not-at-top
   quiet_libraries()
   failed = 0
   for spec in args.configs:

@@ -23,24 +23,10 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'where checkpoints and results g
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-def quiet_libraries():
-  """Orbax and tfds log every file operation at INFO; cljax prints its own progress."""
-  import logging  # pylint: disable=g-import-not-at-top
-  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
-  if absl_logging.get_verbosity() <= absl_logging.INFO and '--verbosity' not in ' '.join(sys.argv):
-    absl_logging.set_verbosity(absl_logging.WARNING)
-  for name in ('orbax', 'absl', 'tensorflow_datasets'):
-    logging.getLogger(name).setLevel(logging.WARNING)
-  try:
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-    tfds.disable_progress_bar()
-  except ImportError:
-    pass
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  from cljax.continual.run_log import quiet_libraries  # pylint: disable=g-import-not-at-top
   quiet_libraries()
   from cljax import parallel  # pylint: disable=g-import-not-at-top
   from cljax.continual import trainer  # pylint: disable=g-import-not-at-top

@@ -44,7 +44,7 @@ def accuracy_matrix(acc: np.ndarray, t: int, path: str, title: str = '') -> None
 def accuracy_over_time(acc: np.ndarray, t: int, path: str) -> None:
   plt = _pyplot()
   n = t + 1
-  fig, ax = plt.subplots(figsize=(6, 3.6))
+  fig, ax = plt.subplots(figsize=(7, 3.6))
   for i in range(n):
     ax.plot(range(i + 1, n + 1), acc[i, i:n], marker='o', ms=3, lw=1, label=f'task {i + 1}')
   average = [acc[: k + 1, k].mean() for k in range(n)]
@@ -54,21 +54,27 @@ def accuracy_over_time(acc: np.ndarray, t: int, path: str) -> None:
   ax.set_ylim(0, 100)
   ax.set_xticks(range(1, n + 1))
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=6, ncol=2, loc='lower left')
+  # Outside the axes: inside, it hides the curves of low-accuracy runs.
+  ax.legend(fontsize=6, ncol=1 + n // 12, loc='upper left', bbox_to_anchor=(1.01, 1.0))
   ax.set_title('accuracy of each task over time')
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
 
 
-def task_identity(tii: np.ndarray, t: int, path: str, stage1=None) -> None:
+def task_identity(tii, t: int, path: str, stage1=None) -> None:
+  """tii [T, T] (None: the method chooses no prompt per example) and stage1 [2, T] (None: no
+  task-identity model) as averages over the tasks seen after each task."""
   plt = _pyplot()
   n = t + 1
-  fig, ax = plt.subplots(figsize=(6, 3.2))
-  ax.plot(range(1, n + 1), [tii[: k + 1, k].mean() for k in range(n)], marker='o', label='prompt stage: chosen task')
+  fig, ax = plt.subplots(figsize=(6, 3.4))
   if stage1 is not None:
     ax.plot(range(1, n + 1), stage1[0, :n], marker='x', ls='--', label='task-identity model, before alignment')
-    ax.plot(range(1, n + 1), stage1[1, :n], marker='s', ls=':', label='task-identity model, after alignment')
+    ax.plot(range(1, n + 1), stage1[1, :n], marker='s', ms=8, ls=':', label='task-identity model, after alignment')
+  if tii is not None:   # drawn last and thin: in HiDe/NoRGa it equals the line above
+    ax.plot(range(1, n + 1), [tii[: k + 1, k].mean() for k in range(n)], marker='o', ms=4, lw=1,
+            color='black', label='prompt stage: task/prompt chosen at test')
+  ax.set_title('task-identity accuracy (mean over the tasks seen so far)', fontsize=10)
   ax.set_xlabel('after training task')
   ax.set_ylabel('task-identity accuracy (%)')
   ax.set_ylim(0, 100)
@@ -90,24 +96,34 @@ def expert_usage(freq: np.ndarray, layers, path: str) -> None:
     im = ax.imshow(freq[j], aspect='auto', cmap='magma', vmin=0, vmax=top)
     ax.set_title(f'layer {layers[j]}', fontsize=8)
     ax.set_xlabel('expert', fontsize=7)
+    # Integer ticks (0-based, as config.prompt.layers): imshow's default ticks are fractional.
+    ax.set_xticks(range(0, freq.shape[2], max(1, freq.shape[2] // 8)))
+    ax.set_yticks(range(freq.shape[1]))
     if j == 0:
       ax.set_ylabel('head', fontsize=7)
+    else:
+      ax.set_yticklabels([])
     ax.tick_params(labelsize=6)
   fig.colorbar(im, ax=axes[0].tolist(), fraction=0.02)
-  fig.suptitle('SMoPE expert selections (cumulative counts)', fontsize=9)
+  fig.suptitle('SMoPE: times each expert was in the top-K (training images, all tasks so far)',
+               fontsize=9, y=1.04)
   fig.savefig(path, dpi=110, bbox_inches='tight')
   plt.close(fig)
 
 
-def write_all(workdir: str, state, t: int, expert_layers=None) -> None:
-  """Every plot of a run after task t."""
+def write_all(workdir: str, state, t: int, expert_layers=None, chosen_task: bool = True) -> None:
+  """Every plot of a run after task t. chosen_task: the method picks a task/prompt per test
+  example (HiDe family, keyed pools); without it and without a task-identity model there is no
+  task-identity plot."""
   out = os.path.join(workdir, 'plots')
   os.makedirs(out, exist_ok=True)
   acc = np.asarray(state['accuracy'])
   accuracy_matrix(acc, t, os.path.join(out, 'accuracy_matrix.png'))
   accuracy_over_time(acc, t, os.path.join(out, 'accuracy_over_time.png'))
   stage1 = np.asarray(state['stage1_task_identity_accuracy']) if 'task_identity' in state else None
-  task_identity(np.asarray(state['task_identity_accuracy']), t, os.path.join(out, 'task_identity.png'), stage1)
+  if chosen_task or stage1 is not None:
+    tii = np.asarray(state['task_identity_accuracy']) if chosen_task else None
+    task_identity(tii, t, os.path.join(out, 'task_identity.png'), stage1)
   method_state = state['prompt'].get('method_state', {})
   if expert_layers is not None and 'freq' in method_state:
     expert_usage(np.asarray(method_state['freq']), list(expert_layers), os.path.join(out, 'expert_usage.png'))

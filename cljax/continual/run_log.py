@@ -19,7 +19,22 @@ from typing import Any, Dict, Optional
 import jax
 
 
-def _eta(seconds: float) -> str:
+def quiet_libraries():
+  """Orbax and tfds log every file operation at INFO; cljax prints its own progress."""
+  import logging  # pylint: disable=g-import-not-at-top
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  if absl_logging.get_verbosity() <= absl_logging.INFO and '--verbosity' not in ' '.join(sys.argv):
+    absl_logging.set_verbosity(absl_logging.WARNING)
+  for name in ('orbax', 'absl', 'tensorflow_datasets'):
+    logging.getLogger(name).setLevel(logging.WARNING)
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    tfds.disable_progress_bar()
+  except ImportError:
+    pass
+
+
+def duration(seconds: float) -> str:
   seconds = max(0, int(seconds))
   h, rest = divmod(seconds, 3600)
   m, s = divmod(rest, 60)
@@ -36,6 +51,7 @@ class RunLog:
     self.tty = bool(getattr(self.stream, 'isatty', lambda: False)())
     self.every = every_seconds
     self._last_plain = 0.0
+    self._last_live = 0.0
     self._live = False
     self._writer = None
     self._tensorboard = tensorboard and bool(workdir) and self.main
@@ -46,32 +62,41 @@ class RunLog:
   def print(self, message: str) -> None:
     if not self.verbose:
       return
-    if self._live:
-      self.stream.write('\n')
+    if self._live:   # replace the live progress line
+      self.stream.write('\r\033[2K')
       self._live = False
     self.stream.write(message + '\n')
     self.stream.flush()
 
-  def progress(self, tag: str, done: int, total: int, start: float, metrics: Dict[str, float],
-               images: int = 0) -> None:
-    """A training loop's progress: live on a TTY, a plain line every `every` seconds elsewhere."""
+  def progress(self, tag: str, done: int, total: int, start: float, metrics: Dict[str, Any],
+               images: int = 0, force: bool = False) -> None:
+    """A training loop's progress: live on a TTY (at most 5 redraws a second), a plain line
+    every `every` seconds (or when `force`) elsewhere. Metric values may be device arrays: they
+    are read (a device sync) only when a line is drawn."""
     if not self.verbose or total <= 0:
       return
     now = time.time()
-    elapsed = now - start
+    if self.tty:
+      if now - self._last_live < 0.2 and done < total:
+        return
+      self._last_live = now
+    elif not (force or now - self._last_plain >= self.every):
+      return
+    values = ' '.join(f'{k} {float(v):.4f}' for k, v in metrics.items())
+    # After the read above: steps are dispatched asynchronously, so only now is `done` done.
+    elapsed = time.time() - start
     eta = elapsed / max(done, 1) * (total - done)
     rate = f', {images / max(elapsed, 1e-9):.0f} img/s' if images else ''
-    values = ' '.join(f'{k} {v:.4f}' for k, v in metrics.items())
-    line = f'  {tag} {done}/{total} {values}{rate}, eta {_eta(eta)}'
     if self.tty:
       width = 30
-      bar = '#' * int(width * done / total) + '.' * (width - int(width * done / total))
-      self.stream.write(f'\r  {tag} [{bar}] {done}/{total} {values}{rate}, eta {_eta(eta)}   ')
+      filled = int(width * done / total)
+      self.stream.write(f'\r\033[2K  {tag} [{"#" * filled}{"." * (width - filled)}] {done}/{total} '
+                        f'{values}{rate}, eta {duration(eta)}')
       self.stream.flush()
       self._live = True
-    elif now - self._last_plain >= self.every:
+    else:
       self._last_plain = now
-      self.print(line)
+      self.print(f'  {tag} {done}/{total} {values}{rate}, eta {duration(eta)}')
 
   # --------------------------------------------------------------------------- files
 

@@ -27,16 +27,13 @@ import numpy as np
 from cljax import config as config_lib
 from cljax import optim, parallel
 from cljax.checkpoints import backbones as backbone_lib
-from cljax.continual import alignment, metrics, task_checkpoints, task_identity
+from cljax.continual import alignment, metrics, plots, task_checkpoints, task_identity
 from cljax.continual.alignment import ClassStats
+from cljax.continual.run_log import RunLog, duration
 from cljax.data import benchmarks, pipeline
 from cljax.errors import CheckpointError, ConfigError, DataError
 from cljax import methods as methods_lib
 from cljax.methods.base import cross_entropy, mask_logits
-
-
-def log(message: str) -> None:
-  print(message, flush=True)
 
 
 @dataclasses.dataclass
@@ -59,6 +56,7 @@ class Experiment:
     self.config = config_lib.validate(config)
     self.workdir = workdir
     self.verbose = verbose
+    self.run_log = RunLog(workdir, verbose)
     c = self.config
     self.mesh = parallel.make_mesh(c.num_devices)
     for key in ('batch_size', 'eval_batch_size'):
@@ -133,8 +131,7 @@ class Experiment:
     return jax.device_put(params, self.replicated)
 
   def _log(self, message):
-    if self.verbose and jax.process_index() == 0:
-      log(message)
+    self.run_log.print(message)
 
   def stage_template(self, name: str):
     stage = next(s for s in self.stages if s.name == name)
@@ -248,8 +245,9 @@ class Experiment:
         lr_at = lambda it, base=stage.cfg.lr * stage.lr_scale: base   # quirk 11.8 (DualPrompt CUB)
       start, iteration = time.time(), 0
       tag = f'[{stage.name}{"/" + phase.name if phase.name != "train" else ""}]'
+      global_step = self._global_step(stage, t, p_index, n_batches)
       for epoch in range(epochs):
-        sums, count = {}, 0
+        sums, count, epoch_start = {}, 0, time.time()
         seed = (c.seed, stage_id, t, p_index, epoch)
         for b, batch in enumerate(self._train_batches(indices, True, seed, shuffle=True)):
           lr = lr_at(iteration)
@@ -260,9 +258,11 @@ class Experiment:
           for k, v in m.items():
             sums[k] = sums.get(k, 0.0) + v
           count += 1
-          if c.log_every_steps and (b + 1) % c.log_every_steps == 0:
-            self._log(f'  {tag} task {t + 1} epoch {epoch + 1}/{epochs} step {b + 1}/{n_batches} '
-                      f'loss {float(m["loss"]):.4f}')
+          self.run_log.progress(
+              f'{tag} task {t + 1}/{self.num_tasks} epoch {epoch + 1}/{epochs}', b + 1, n_batches,
+              epoch_start, {k: m[k] for k in ('loss', 'accuracy') if k in m},
+              images=min(len(indices), count * c.batch_size),
+              force=bool(c.log_every_steps) and (b + 1) % c.log_every_steps == 0)
         host = {k: float(v) / max(count, 1) for k, v in sums.items()}
         if not all(np.isfinite(v) for v in host.values()):
           raise FloatingPointError(f'non-finite loss in {stage.name} stage, task {t + 1}, epoch {epoch + 1}: {host}')
@@ -273,11 +273,25 @@ class Experiment:
                   + ' '.join(f'{k} {v:.4f}' for k, v in sorted(host.items(), key=lambda kv: kv[0] != 'loss'))
                   + f' | {rate:.0f} img/s, eta {eta:.0f}s')
         self._record({'stage': stage.name, 'phase': phase.name, 'task': t, 'epoch': epoch, 'lr': lr,
-                      'img_per_s': rate, **host})
+                      'img_per_s': rate, **host}, f'train/{stage.name}', global_step + iteration)
     params, method_state = method.end_task(params, method_state, t)
     if method.after_training is not None:
       method_state = method.after_training(params, method_state, t, self._pass_runner(stage, indices, t))
     return {**stage_state, 'params': params, 'method_state': method_state}
+
+  def _global_step(self, stage: StageSetup, t: int, phase_index: int, n_batches: int) -> int:
+    """Optimizer steps of this stage before task t's phase `phase_index`: a TensorBoard step
+    that is monotone over the run and the same after a resume."""
+    c, total = self.config, 0
+    for s in range(t + 1):
+      n = n_batches if s == t else pipeline.num_batches(
+          len(self.data.train.indices_of(self.split.tasks[s])), c.batch_size)
+      n = min(n, c.dry_run_steps) if c.dry_run else n
+      for p_index, phase in enumerate(stage.method.training_phases(s, stage.cfg.epochs)):
+        if s == t and p_index == phase_index:
+          return total
+        total += (min(phase.epochs, 1) if c.dry_run else phase.epochs) * n
+    return total
 
   def _pass_runner(self, stage, indices, t):
     """run_pass(fn, carry): fold a jitted fn over task t's training batches (train transform,
@@ -332,8 +346,9 @@ class Experiment:
     stats = jax.device_put(stage_state['stats'], self.replicated)
     key = jax.random.fold_in(jax.random.PRNGKey(c.seed), 1000 * t + self.stages.index(stage))
     seen_dev = jnp.asarray(seen)
-    iteration = 0
+    iteration, start = 0, time.time()
     for epoch in range(epochs):
+      epoch_lr = lr_at(iteration, epoch)
       x, y, valid = steps['sample'](jax.random.fold_in(key, epoch), stats, stage.ca_samples)
       valid = np.asarray(valid) & seen[np.asarray(y)]
       rows = np.flatnonzero(valid)
@@ -351,6 +366,11 @@ class Experiment:
       mean_loss = float(np.mean([float(l) for l in losses])) if losses else float('nan')
       if losses and not np.isfinite(mean_loss):
         raise FloatingPointError(f'non-finite alignment loss in {stage.name} stage, task {t + 1}, epoch {epoch + 1}')
+      self.run_log.progress(f'[{stage.name}] task {t + 1} alignment epoch', epoch + 1, epochs, start,
+                            {'loss': mean_loss})
+      # The scalar step counts alignment epochs over the run (cfg.ca_epochs per task after the first).
+      self._record({'stage': stage.name, 'task': t, 'epoch': epoch, 'event': 'alignment', 'lr': epoch_lr,
+                    **({'loss': mean_loss} if losses else {})}, f'align/{stage.name}', (t - 1) * epochs + epoch + 1)
       if epoch == epochs - 1 or (epoch + 1) % 10 == 0:
         self._log(f'  [{stage.name}] task {t + 1} alignment epoch {epoch + 1}/{epochs} loss {mean_loss:.4f}')
     return {**stage_state, 'params': params}
@@ -419,11 +439,9 @@ class Experiment:
 
   # --------------------------------------------------------------------------- run
 
-  def _record(self, entry: Dict[str, Any]) -> None:
-    if jax.process_index() != 0 or not self.workdir:
-      return
-    with open(os.path.join(self.workdir, 'metrics.jsonl'), 'a') as f:
-      f.write(json.dumps({'time': round(time.time(), 3), **entry}) + '\n')
+  def _record(self, entry: Dict[str, Any], scalars_prefix: Optional[str] = None,
+              step: Optional[int] = None) -> None:
+    self.run_log.record(entry, scalars_prefix, step)
 
   def _check_workdir(self):
     path = os.path.join(self.workdir, 'config.json')
@@ -456,6 +474,7 @@ class Experiment:
               f'method {c.method}; backbone {c.backbone.name} ({self.vit_cfg.embed_dim}d x '
               f'{self.vit_cfg.depth}); {self.mesh.devices.size} device(s)')
     run_start = time.time()
+    first_task = task_checkpoints.step_stage(done_step + 1)[0] if done_step else 0
     last_task = self.num_tasks
     if c.stop_after_task:
       last_task = min(last_task, c.stop_after_task)
@@ -477,6 +496,10 @@ class Experiment:
           state['stage1_task_identity_accuracy'][:, t] = [before.mean(), after.mean()]
           self._log(f'task {t + 1} task-identity model: accuracy of predicted task '
                     f'{before.mean():.2f}% before alignment, {after.mean():.2f}% after')
+          self._record({'task': t, 'event': 'task_identity_model',
+                        'task_identity_accuracy_before_alignment': float(before.mean()),
+                        'task_identity_accuracy_after_alignment': float(after.mean())},
+                       'eval/task_identity_model', t + 1)
         else:
           if self.method.uses_statistics and t > 0:
             acc_before, _ = self.evaluate(state, t)
@@ -490,6 +513,10 @@ class Experiment:
           if not (self.method.uses_statistics and t > 0):
             state['accuracy_before_alignment'][: t + 1, t] = acc
           self._report(state, t)
+          self._plot(state, t, last_task)
+          elapsed = time.time() - run_start
+          self._log(f'task {t + 1}/{self.num_tasks} done, {duration(elapsed)} so far; eta '
+                    f'{duration(elapsed / (t + 1 - first_task) * (last_task - t - 1))}')
         state['step'] = np.array(step, np.int32)
         # A dry run checks checkpointing on the first and last task only: the rest is the same
         # code, and writes would dominate its time.
@@ -499,6 +526,7 @@ class Experiment:
         self._record({'stage': stage.name, 'task': t, 'event': 'stage_done',
                       'seconds': round(time.time() - stage_start, 2)})
     ckpt.close()
+    self.run_log.close()
     return self._write_results(state, time.time() - run_start)
 
   def _write_results(self, state, seconds):
@@ -521,13 +549,22 @@ class Experiment:
               f'forgetting {summary["forgetting"]:.2f} | '
               f'task identity {summary["task_identity_accuracy"]:.2f} | '
               f'before alignment {before["average_accuracy"]:.2f}')
-    extra = {}
+    entry = {'task': t, 'event': 'evaluation', **summary,
+             'average_accuracy_before_alignment': before['average_accuracy']}
     if 'accuracy_per_example' in state:
-      extra['average_accuracy_per_example'] = metrics.summary(state['accuracy_per_example'], t)['average_accuracy']
+      entry['average_accuracy_per_example'] = metrics.summary(state['accuracy_per_example'], t)['average_accuracy']
       self._log(f'after task {t + 1}: without the batchwise prompt vote (each image its own prompt): '
-                f'average accuracy {extra["average_accuracy_per_example"]:.2f}')
-    self._record({'task': t, 'event': 'evaluation', **summary,
-                  'average_accuracy_before_alignment': before['average_accuracy'], **extra})
+                f'average accuracy {entry["average_accuracy_per_example"]:.2f}')
+    if not self.method.chooses_prompts:    # no per-example choice: its accuracy would mislead
+      del entry['task_identity_accuracy']
+    self._record(entry, 'eval', t + 1)
+
+  def _plot(self, state, t: int, last_task: int) -> None:
+    """PNG plots after each evaluated task (a dry run: first and last only, they cost ~1 s)."""
+    if jax.process_index() != 0 or (self.config.dry_run and t not in (0, last_task - 1)):
+      return
+    plots.write_all(self.workdir, state, t, expert_layers=self.config.prompt.layers,
+                    chosen_task=self.method.chooses_prompts)
 
   def _results(self, state, seconds: float) -> Dict[str, Any]:
     acc = np.asarray(state['accuracy'])

@@ -71,6 +71,8 @@ class Method:
   # With a batchwise vote at test (quirk 11.8): the same predict with each example's own choice,
   # so the per-example figure is reported beside the voted one (ALGORITHMS.md D1).
   predict_per_example: Optional[Callable] = None
+  chooses_prompts: bool = False        # predict returns a task/pool id per example (scored as
+                                       # task-identity accuracy; SMoPE, CODA use no such id)
 
   def training_phases(self, t: int, epochs: int) -> Sequence[Phase]:
     return self.phases(t, epochs) if self.phases else [Phase('train', epochs)]

@@ -108,7 +108,8 @@ def build_prompted(config, vit_cfg, num_classes: int, num_tasks: int) -> Method:
 
   return Method(config.method, model, init, lr_multipliers, loss, features, make_predict(batchwise),
                 begin_task=begin_task, end_task=end_task, uses_task_identity=True,
-                uses_statistics=True, predict_per_example=make_predict(False) if batchwise else None,
+                uses_statistics=True, chooses_prompts=True,
+                predict_per_example=make_predict(False) if batchwise else None,
                 alignment_samples_per_class=int(p.ca_samples_ratio * config.batch_size))
 
 

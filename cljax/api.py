@@ -1,0 +1,197 @@
+"""A notebook-sized, functional view of cljax: pure functions on pytrees.
+
+  from cljax import api, config as config_lib
+  setup = api.build(config_lib.demo('norga'))           # model + method (+ data), no weights yet
+  backbone = api.load_backbone(setup)                   # the frozen ViT's params (a pytree)
+  params, method_state = api.init(setup, jax.random.PRNGKey(0))
+  opt_state = api.init_optimizer(setup, params)
+  step = api.train_step(setup, backbone, task=0)        # (params, opt_state, batch) -> same + metrics
+  for batch in api.batches(setup, task=0):
+    params, opt_state, metrics = step(params, opt_state, batch)
+  gelu = api.with_activation(setup, 'gelu')             # same params pytree, another NoRGa gate
+
+Everything here is built from the pieces the trainer uses (`cljax.continual.trainer.Experiment`
+builds the method and loads the backbone, `Method.loss` is the loss, `cljax.optim` the update),
+so a notebook experiment is the same model as a full run. The trainer adds what a paper run
+needs on top: stage 1, schedules, class statistics and alignment, checkpoints, evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, Iterator, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cljax import config as config_lib
+from cljax import methods as methods_lib
+from cljax import optim
+from cljax.data import pipeline
+from cljax.errors import ConfigError
+from cljax.methods.base import Method
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """A configured model and method; ``data`` is the benchmark (None if not loaded)."""
+  config: Any
+  method: Method
+  vit: Any                 # ViTConfig of the backbone
+  num_classes: int
+  num_tasks: int
+  data: Any
+  experiment: Any          # the trainer's Experiment it came from (loads weights, batches)
+
+
+def build(config, data: bool = True) -> Setup:
+  """Validate a config and build its model and method (and load its benchmark if `data`)."""
+  from cljax.continual.trainer import Experiment  # pylint: disable=g-import-not-at-top
+  exp = Experiment(config, workdir='', load_data=data, verbose=False, load_backbone=False)
+  return Setup(exp.config, exp.method, exp.vit_cfg, exp.num_classes, exp.num_tasks, exp.data, exp)
+
+
+def load_backbone(setup: Setup):
+  """The pretrained backbone's params for setup.config (the demo backbone ships in cljax/assets)."""
+  return setup.experiment._load_backbone()  # pylint: disable=protected-access
+
+
+def init(setup: Setup, rng):
+  """(params, method_state): the method's trainable params (prompts, classifier) and its
+  non-trainable bookkeeping."""
+  return setup.method.init(rng), setup.method.init_state()
+
+
+def init_optimizer(setup: Setup, params):
+  """The optimizer state for params, as config.prompt asks (Adam, SGD, AdamW; clipping)."""
+  return _transform(setup).init(params)
+
+
+def _transform(setup: Setup):
+  cfg = setup.config.prompt
+  return optim.transform(cfg.optimizer, cfg.clip_grad, weight_decay=cfg.get('weight_decay', 0.0))
+
+
+def context(setup: Setup, task: int, stats=None) -> Dict[str, Any]:
+  """What the loss sees besides the batch: task and seen-class masks, stored class means (none
+  unless `stats`, a `ClassStats`, is given)."""
+  from cljax.continual.alignment import ClassStats  # pylint: disable=g-import-not-at-top
+  c = setup.config
+  if stats is None:
+    stats = ClassStats.empty(setup.num_classes, setup.vit.embed_dim, c.statistics.method,
+                             c.statistics.n_centroids)
+  split = _split(setup)
+  means, valid = stats.means()
+  return {'task_mask': jnp.asarray(split.task_mask(task)), 'seen_mask': jnp.asarray(split.seen_mask(task)),
+          'means': jnp.asarray(means), 'means_valid': jnp.asarray(valid)}
+
+
+def _split(setup: Setup):
+  if setup.data is not None:
+    return setup.data.split
+  from cljax.continual import benchmark  # pylint: disable=g-import-not-at-top
+  c = setup.config
+  return benchmark.class_incremental(setup.num_classes, setup.num_tasks, c.seed, c.benchmark.shuffle_classes)
+
+
+def loss_fn(setup: Setup):
+  """The method's loss as a pure function:
+  (params, method_state, backbone, images, labels, mask, task, context) -> (loss, metrics)."""
+  return setup.method.loss
+
+
+def train_step(setup: Setup, backbone, task: int = 0, method_state=None, lr: Optional[float] = None,
+               ctx: Optional[Dict[str, Any]] = None):
+  """A jitted pure step ``(params, opt_state, batch) -> (params, opt_state, metrics)`` for `task`.
+
+  batch: a dict (or `pipeline.Batch`) with images [B, H, W, 3], labels [B] and mask [B]. The lr
+  is constant (default: config.prompt.lr with the config's batch scaling); per-group
+  multipliers (frozen NoRGa scalars after task 0, head at 0.1 x lr, ...) come from the method.
+  """
+  method, c = setup.method, setup.config
+  tx = _transform(setup)
+  lr = c.prompt.lr * config_lib.lr_scale(c) if lr is None else lr
+  method_state = method.init_state() if method_state is None else method_state
+  ctx = context(setup, task) if ctx is None else ctx
+  t = jnp.asarray(task, jnp.int32)
+
+  @jax.jit
+  def step(params, opt_state, backbone, method_state, ctx, images, labels, mask):
+    (loss, aux), grads = jax.value_and_grad(method.loss, has_aux=True)(
+        params, method_state, backbone, images, labels, mask, t, ctx)
+    lr_tree = jax.tree.map(jnp.float32, method.lr_multipliers(params, task))
+    params, opt_state = optim.apply(tx, grads, opt_state, params, lr_tree, jnp.float32(lr))
+    return params, opt_state, {'loss': loss, **aux}
+
+  def train(params, opt_state, batch):
+    images, labels, mask = _unpack(batch)
+    # Backbone and bookkeeping travel as arguments, not as constants folded into the program.
+    return step(params, opt_state, backbone, method_state, ctx, images, labels, mask)
+  return train
+
+
+def predict(setup: Setup, params, method_state, backbone, images, task_ids):
+  """Logits [B, C] of images when example i uses the prompt of task task_ids[i]."""
+  # jax.jit caches compilations per function, so wrapping the same predict again is free.
+  logits, _ = jax.jit(setup.method.predict)(params, method_state, backbone, images,
+                                            jnp.asarray(task_ids, jnp.int32), jnp.ones(len(images), bool))
+  return logits
+
+
+def accuracy(setup: Setup, params, method_state, backbone, task: int, batch_size: int = 0) -> float:
+  """Test accuracy (%) on `task`'s classes among all classes, every image using its own task's
+  prompt (the trainer instead predicts the prompt with its task-identity model)."""
+  correct = total = 0
+  for batch in batches(setup, task, train=False, batch_size=batch_size):
+    images, labels, mask = _unpack(batch)
+    logits = predict(setup, params, method_state, backbone, images, np.full(len(labels), task))
+    correct += int(((np.argmax(np.asarray(logits), -1) == labels) & mask).sum())
+    total += int(mask.sum())
+  return 100.0 * correct / max(total, 1)
+
+
+def batches(setup: Setup, task: int, train: bool = True, batch_size: int = 0, seed: int = 0,
+            shuffle: Optional[bool] = None) -> Iterator[Dict[str, np.ndarray]]:
+  """Numpy batches {'images', 'labels', 'mask'} of task's train (augmented, shuffled) or test
+  images; the last batch is padded (mask False)."""
+  if setup.data is None:
+    raise ConfigError('this Setup has no data: build it with api.build(config, data=True)')
+  data = setup.data.train if train else setup.data.test
+  indices = data.indices_of(setup.data.split.tasks[task])
+  size = batch_size or (setup.config.batch_size if train else setup.config.eval_batch_size)
+  for b in pipeline.batches(data, indices, size, setup.config.backbone.image_size, train=train,
+                            seed=(seed, task), shuffle=train if shuffle is None else shuffle):
+    yield {'images': b.images, 'labels': b.labels, 'mask': b.mask}
+
+
+def _unpack(batch):
+  if isinstance(batch, dict):
+    return batch['images'], batch['labels'], batch['mask']
+  return batch.images, batch.labels, batch.mask
+
+
+def with_config(setup: Setup, **overrides) -> Setup:
+  """The same setup with config.prompt keys replaced and the method rebuilt (data, backbone and
+  the Experiment's weights loader are shared)."""
+  c = config_lib.validate(_updated(setup.config, overrides))
+  method = methods_lib.build(c, setup.vit, setup.num_classes, setup.num_tasks)
+  return dataclasses.replace(setup, config=c, method=method)
+
+
+def with_activation(setup: Setup, activation: str) -> Setup:
+  """Swap NoRGa's gate activation (config.prompt.activation): the params pytree is unchanged
+  (tau and alpha are the same scalars), so trained params carry over."""
+  if setup.config.prompt.gate != 'norga':
+    raise ConfigError(f'method {setup.config.method} has gate {setup.config.prompt.gate!r}; the '
+                      f'gate activation only exists in NoRGa (config.method=norga)')
+  return with_config(setup, activation=activation)
+
+
+def _updated(config, prompt_overrides):
+  c = config.copy_and_resolve_references()
+  for k, v in prompt_overrides.items():
+    if k not in c.prompt:
+      raise ConfigError(f'unknown key config.prompt.{k}')
+    c.prompt[k] = v
+  return c

@@ -16,7 +16,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from cljax.errors import CljaxError
+from cljax.errors import CljaxError, ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'a config file in configs/', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'where checkpoints and results go')
@@ -39,14 +39,20 @@ def quiet_libraries():
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   quiet_libraries()
   from cljax import parallel  # pylint: disable=g-import-not-at-top
   from cljax.continual import trainer  # pylint: disable=g-import-not-at-top
   try:
+    if len(argv) > 1:
+      raise ConfigError(f'unexpected arguments: {" ".join(argv[1:])}; settings are flags, '
+                        f'e.g. --config.seed=1')
+    try:
+      config = _CONFIG.value
+      config.keys()   # a config file that failed to load raises here, not at parse time
+    except Exception as e:  # pylint: disable=broad-except
+      raise ConfigError(_flag_error(sys.argv, e)) from e
     parallel.initialize_distributed()
-    results = trainer.run(_CONFIG.value, _WORKDIR.value)
+    results = trainer.run(config, _WORKDIR.value)
   except CljaxError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
@@ -55,8 +61,42 @@ def main(argv):
         f'task identity {results["task_identity_accuracy"]:.2f}  ({_WORKDIR.value}/results.json)')
 
 
+def _flag_error(argv, error: Exception) -> str:
+  """One line for a command-line mistake. An override of a key the config lacks fails deep
+  inside ml_collections (a bare KeyError), so overrides are checked against the schema first."""
+  from cljax import config as config_lib  # pylint: disable=g-import-not-at-top
+  cause = error
+  while cause is not None and not isinstance(cause, CljaxError):
+    cause = cause.__cause__ or cause.__context__
+  lines = [l.strip() for l in str(cause or error).splitlines() if l.strip()] or [type(error).__name__]
+  # ml_collections re-raises a config file's error with its traceback as the message.
+  raised = [l for l in lines if l.startswith('cljax.errors.')]
+  if raised:
+    return raised[-1].split(': ', 1)[1]
+  if cause is not None:
+    return lines[0]
+  for arg in argv[1:]:
+    if arg.startswith('--config.'):
+      try:
+        config_lib.check_key_path(arg[len('--config.'):].split('=', 1)[0])
+      except CljaxError as e:
+        return f'{e} (in {arg})'
+  if 'config file' in lines[0]:   # ml_collections puts the reason after it
+    return f'cannot load the config file: {lines[-1]}'
+  return lines[0]
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with every mistake as one `error:` line and exit status 2."""
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # pylint: disable=broad-except
+    print(f'error: {_flag_error(argv, e)}', file=sys.stderr)
+    sys.exit(2)
+
+
 def run():
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == '__main__':

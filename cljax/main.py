@@ -3,7 +3,9 @@
   python -m cljax.main --config=configs/imr_norga.py --workdir=workdirs/imr_norga \
       [--config.backbone.weights=/path/ViT-B_16.npz] [--config.seed=40] [--config.dry_run]
 
-Rerunning the same command resumes after the last completed stage; a finished run only reports.
+Rerunning the same command resumes after the last completed stage (or inside a stage, with
+--config.checkpoint_every_steps=N); a finished run only reports. Mistakes in the command, the
+config, the files or the workdir print one `error: ...` line and exit with status 2.
 Results: <workdir>/results.json (accuracy matrices, FA/CA/FM, task-identity accuracy),
 <workdir>/metrics.jsonl (per-epoch and per-task lines), Orbax checkpoints under
 <workdir>/checkpoints.

@@ -77,7 +77,7 @@ class RunCheckpoints:
     # cleanup_tmp_directories: the leftovers of a write that was killed go at the next start.
     options = lambda **kw: ocp.CheckpointManagerOptions(create=True, cleanup_tmp_directories=True, **kw)
     self.resume = ocp.CheckpointManager(os.path.join(root, 'resume'), options=options(max_to_keep=1))
-    self.tasks = ocp.CheckpointManager(os.path.join(root, 'tasks'), options=options())
+    self.tasks = ocp.CheckpointManager(task_directory(workdir), options=options())
     self.mid = ocp.CheckpointManager(os.path.join(root, 'mid_stage'), options=options(max_to_keep=2))
 
   # ------------------------------------------------------------------------- stage ends
@@ -170,6 +170,10 @@ def _restore(manager, step: int, template, path: str, fix: str) -> Dict[str, Any
   return restored
 
 
+def task_directory(workdir: str) -> str:
+  return os.path.abspath(os.path.join(workdir, 'checkpoints', 'tasks'))
+
+
 def load_params(workdir: str, task: int, stage: str = 'prompt'):
   """Grouped params (backbone included) of a finished stage of task ``task`` (0-based), as the
   references' model held them: for `python -m cljax.convert export`."""
@@ -182,7 +186,9 @@ def load_params(workdir: str, task: int, stage: str = 'prompt'):
     config = config_lib.from_json(json.load(f))
   experiment = trainer.Experiment(config, workdir, load_data=False)
   step = stage_step(task, stage)
-  manager = RunCheckpoints(workdir).tasks
+  # Read-only: a run may be writing to this workdir (its temporary directories must stay).
+  manager = ocp.CheckpointManager(task_directory(workdir),
+                                  options=ocp.CheckpointManagerOptions(read_only=True))
   if step not in manager.all_steps():
     raise CheckpointError(f'{workdir} has no {stage} checkpoint of task {task} '
                           f'(completed steps: {sorted(manager.all_steps())})')

@@ -4,8 +4,10 @@ For each task t (ALGORITHMS.md 2): if the method needs task identity, stage 1 (t
 model) trains, summarises its features and aligns its head; then the method's own stage trains
 (prompts and head), summarises the prompted features, aligns the head, and everything seen so
 far is evaluated, giving a column of the accuracy matrix. After each stage of each task the run
-state goes to an Orbax checkpoint, and rerunning the same command resumes after the last
-completed stage (a finished run is not retrained).
+state goes to an Orbax checkpoint (and, with config.checkpoint_every_steps, the stage being
+trained every that many steps), and rerunning the same command resumes where the last
+checkpoint left off, with the numbers of an uninterrupted run (a finished run is not retrained).
+A NaN/Inf loss stops the run (TrainingDivergedError) before it reaches a checkpoint.
 
 The trainer knows no method by name: it calls the `Method`'s pure functions, through steps that
 are jitted once per run (the task index, masks and learning rates are traced arguments, so no

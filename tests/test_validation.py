@@ -141,11 +141,17 @@ def _fill(value, d):
 
 
 def first_error(c, workdir):
-  """What `trainer.run` does up to the first compiled step, in its order."""
-  with pytest.raises(CljaxError) as e:
-    c = config_lib.validate(c)
-    trainer.check_workdir(c, workdir)
-    trainer.Experiment(c, workdir, verbose=False)
+  """The error `trainer.run` raises; and nothing was compiled before it."""
+  import jax
+  compiled = []
+  listener = lambda name, secs, **kw: compiled.append(name) if 'backend_compile' in name else None
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    with pytest.raises(CljaxError) as e:
+      trainer.run(c, workdir)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert compiled == [], f'{len(compiled)} compilations before: {e.value}'
   return e.value
 
 
@@ -172,6 +178,8 @@ def test_bad_input_gives_a_one_line_error(name, change, kind, message, files, tm
     assert text.startswith(expected[:-3]), text
   else:
     assert text == expected
+  if not name.startswith(('workdir', 'damaged')):
+    assert not os.path.exists(workdir)     # a config that fails does not claim a workdir
 
 
 def test_unprepared_dataset_touches_no_network(monkeypatch, tmp_path):

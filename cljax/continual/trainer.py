@@ -479,7 +479,7 @@ class Experiment:
       f.write(json.dumps({'time': round(time.time(), 3), **entry}) + '\n')
 
   def run(self) -> Dict[str, Any]:
-    check_workdir(self.config, self.workdir)
+    check_workdir(self.config, self.workdir, claim=True)
     ckpt = task_checkpoints.RunCheckpoints(self.workdir)
     try:
       return self._run(ckpt)
@@ -598,8 +598,9 @@ class Experiment:
 RERUN_MAY_CHANGE = ('log_every_steps', 'stop_after_task', 'checkpoint_every_steps')
 
 
-def check_workdir(config, workdir: str) -> None:
-  """Claim ``workdir`` for ``config`` (config.json), or refuse one holding another config's run."""
+def check_workdir(config, workdir: str, claim: bool = False) -> None:
+  """Refuse a ``workdir`` holding another config's run; with ``claim``, write config.json into
+  it (only once everything is validated: a config that fails does not claim a workdir)."""
   if not workdir:
     raise ConfigError('no workdir given: pass --workdir=<folder for checkpoints and results>')
   if os.path.exists(workdir) and not os.path.isdir(workdir):
@@ -617,7 +618,7 @@ def check_workdir(config, workdir: str) -> None:
     if differ:
       raise ConfigError(f'{workdir} holds a run of a different config ({"; ".join(differ[:4])}); '
                         f'use another --workdir, or delete that one to start over')
-  else:
+  elif claim:
     try:
       os.makedirs(workdir, exist_ok=True)
     except OSError as e:

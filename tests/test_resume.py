@@ -175,6 +175,7 @@ def test_truncated_checkpoint_is_an_error(tmp_path):
   ckpt = task_checkpoints.RunCheckpoints(str(tmp_path))
   with pytest.raises(CheckpointError, match=rf'^checkpoint {path} cannot be read \(.*\); delete the workdir to start over$'):
     ckpt.restore(ckpt.latest_step(), small_state())
+  ckpt.close()
 
 
 def test_corrupted_checkpoint_is_an_error(tmp_path):
@@ -187,6 +188,7 @@ def test_corrupted_checkpoint_is_an_error(tmp_path):
   ckpt = task_checkpoints.RunCheckpoints(str(tmp_path))
   with pytest.raises(CheckpointError, match=rf'^checkpoint {path} (cannot be read \(.*\)|is corrupted \(.*\)); delete the workdir to start over$'):
     ckpt.restore(1, small_state())
+  ckpt.close()
 
 
 def test_arrays_that_differ_from_what_was_written_are_an_error(tmp_path, monkeypatch):
@@ -198,6 +200,7 @@ def test_arrays_that_differ_from_what_was_written_are_an_error(tmp_path, monkeyp
   ckpt = task_checkpoints.RunCheckpoints(str(tmp_path))
   with pytest.raises(CheckpointError, match=rf'^checkpoint {path} is corrupted \(its arrays do not match their checksums\); delete the workdir to start over$'):
     ckpt.restore(1, small_state())
+  ckpt.close()
 
 
 def test_missing_checkpoint_is_not_a_fresh_start(tmp_path):
@@ -206,6 +209,7 @@ def test_missing_checkpoint_is_not_a_fresh_start(tmp_path):
   ckpt = task_checkpoints.RunCheckpoints(str(tmp_path))
   with pytest.raises(CheckpointError, match=r'^the checkpoint after the task_identity stage of task 1 \(step 1\) is missing from .*resume \(latest found: None\); restore it, or delete the workdir to start over$'):
     ckpt.latest_step()
+  ckpt.close()
 
 
 def test_damaged_mid_stage_checkpoint_is_an_error(tmp_path):

@@ -114,6 +114,9 @@ def base() -> ml_collections.ConfigDict:
   c.log_every_steps = 50
   c.model_override = ''         # e.g. 'vit_ti16' for tiny CI runs of a paper config
   c.stop_after_task = 0         # > 0: stop cleanly after this many tasks (rerun to continue)
+  # > 0: also checkpoint every this many training steps inside a stage (params, optimizer state,
+  # data position), so a killed run loses at most that many steps; 0 = at stage ends only.
+  c.checkpoint_every_steps = 0
   return c
 
 
@@ -188,6 +191,7 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   from cljax.checkpoints.backbones import NAMED  # pylint: disable=g-import-not-at-top
   from cljax.models.prefix import ACTIVATIONS  # pylint: disable=g-import-not-at-top
   from cljax.models.prompts import KV_LAYOUTS  # pylint: disable=g-import-not-at-top
+  check_schema(c, base())
   if c.method not in METHODS:
     raise one_of('method (config.method)', c.method, METHODS)
   b = c.benchmark
@@ -252,7 +256,74 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _check(c.batch_size >= 1 and c.eval_batch_size >= 1, 'config.batch_size and eval_batch_size must be >= 1')
   _check(c.dtype in ('float32', 'bfloat16'), f'config.dtype must be float32 or bfloat16, got {c.dtype!r}')
   _check(c.dry_run_steps >= 1, 'config.dry_run_steps must be >= 1')
+  _check(c.seed >= 0, f'config.seed must be >= 0 (numpy seeds are non-negative), got {c.seed}')
+  _check(c.num_devices >= 0, f'config.num_devices must be >= 0 (0 = every device), got {c.num_devices}')
+  _check(0 <= c.stop_after_task <= b.num_tasks,
+         f'config.stop_after_task={c.stop_after_task} must be in 0..{b.num_tasks} (0 = run every task)')
+  _check(c.checkpoint_every_steps >= 0,
+         f'config.checkpoint_every_steps must be >= 0 (0 = checkpoint at stage ends only), '
+         f'got {c.checkpoint_every_steps}')
+  _check(c.backbone.depth >= 0, f'config.backbone.depth must be >= 0 (0 = every block), got {c.backbone.depth}')
+  for key in ('prompt.layers', 'prompt.g_layers', 'task_identity.mlp_hidden'):
+    group, name = key.split('.')
+    _check(all(isinstance(v, int) and not isinstance(v, bool) for v in c[group][name]),
+           f'config.{key} must be a tuple of integers, got {tuple(c[group][name])!r}')
+  for stage in ('task_identity', 'prompt'):
+    _check(c[stage].ca_epochs >= 0, f'config.{stage}.ca_epochs must be >= 0, got {c[stage].ca_epochs}')
+  _check(all(h >= 1 for h in c.task_identity.mlp_hidden),
+         f'config.task_identity.mlp_hidden={tuple(c.task_identity.mlp_hidden)} must hold positive widths')
+  _check(c.statistics.n_centroids >= 1, f'config.statistics.n_centroids must be >= 1, got {c.statistics.n_centroids}')
   return c
+
+
+def _kind(value) -> str:
+  """The schema type of a config value: int and float are both numbers where a float is expected."""
+  if isinstance(value, bool):
+    return 'bool'
+  if isinstance(value, int):
+    return 'int'
+  if isinstance(value, float):
+    return 'float'
+  if isinstance(value, (tuple, list)):
+    return 'sequence'
+  return type(value).__name__
+
+
+def _unknown_key(prefix: str, key: str, schema) -> ConfigError:
+  import difflib  # pylint: disable=g-import-not-at-top
+  close = difflib.get_close_matches(key, list(schema.keys()), n=1)
+  hint = f'did you mean {prefix}{close[0]}?' if close else f'valid keys: {", ".join(sorted(schema.keys()))}'
+  return ConfigError(f'unknown config key {prefix}{key}; {hint}')
+
+
+def check_key_path(path: str) -> None:
+  """A dotted override path such as 'prompt.length' names a key of `base()`."""
+  node, prefix = base(), 'config.'
+  for key in path.split('.'):
+    if not isinstance(node, ml_collections.ConfigDict):
+      raise ConfigError(f'{prefix[:-1]} has no sub-keys (cannot set {prefix}{key})')
+    if key not in node:
+      raise _unknown_key(prefix, key, node)
+    node, prefix = node[key], f'{prefix}{key}.'
+
+
+def check_schema(c, schema, prefix: str = 'config.') -> None:
+  """Every key of ``c`` exists in ``schema`` (`base()`) with a value of the same kind: a
+  misspelt key in a config file would otherwise be silently ignored."""
+  for key in c.keys():
+    if key not in schema:
+      raise _unknown_key(prefix, key, schema)
+    value, expected = c[key], schema[key]
+    if isinstance(expected, ml_collections.ConfigDict):
+      if not isinstance(value, ml_collections.ConfigDict):
+        raise ConfigError(f'{prefix}{key} must be a group of keys, got {value!r}')
+      check_schema(value, expected, f'{prefix}{key}.')
+      continue
+    got, want = _kind(value), _kind(expected)
+    if got != want and not (want == 'float' and got == 'int'):
+      words = {'int': 'an integer', 'float': 'a number', 'bool': 'True or False', 'str': 'a string',
+               'sequence': 'a tuple'}
+      raise ConfigError(f'{prefix}{key} must be {words.get(want, want)}, got {value!r}')
 
 
 def num_classes(c) -> int:

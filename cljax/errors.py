@@ -23,6 +23,10 @@ class DataError(CljaxError, ValueError):
   """A dataset is missing or not prepared."""
 
 
+class TrainingDivergedError(CljaxError, FloatingPointError):
+  """A loss or parameter became NaN/Inf; the message names stage, task, epoch and step."""
+
+
 def one_of(what: str, value, valid) -> ConfigError:
   """The error for a value outside a fixed set, listing the valid ones."""
   return ConfigError(f'unknown {what} {value!r}; valid: {", ".join(map(str, valid))}')

@@ -3,7 +3,9 @@
   python -m cljax.main --config=configs/imr_norga.py --workdir=workdirs/imr_norga \
       [--config.backbone.weights=/path/ViT-B_16.npz] [--config.seed=40] [--config.dry_run]
 
-Rerunning the same command resumes after the last completed stage; a finished run only reports.
+Rerunning the same command resumes after the last completed stage (or inside a stage, with
+--config.checkpoint_every_steps=N); a finished run only reports. Mistakes in the command, the
+config, the files or the workdir print one `error: ...` line and exit with status 2.
 Results: <workdir>/results.json (accuracy matrices, FA/CA/FM, task-identity accuracy),
 <workdir>/metrics.jsonl (per-epoch and per-task lines), Orbax checkpoints under
 <workdir>/checkpoints.
@@ -16,6 +18,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from cljax import cli
 from cljax.errors import CljaxError
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'a config file in configs/', lock_config=True)
@@ -24,15 +27,15 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   from cljax.continual.run_log import quiet_libraries  # pylint: disable=g-import-not-at-top
   quiet_libraries()
   from cljax import parallel  # pylint: disable=g-import-not-at-top
   from cljax.continual import trainer  # pylint: disable=g-import-not-at-top
   try:
+    cli.check_no_arguments(argv)
+    config = cli.config_value(_CONFIG)
     parallel.initialize_distributed()
-    results = trainer.run(_CONFIG.value, _WORKDIR.value)
+    results = trainer.run(config, _WORKDIR.value)
   except CljaxError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
@@ -42,7 +45,7 @@ def main(argv):
 
 
 def run():
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)
 
 
 if __name__ == '__main__':

@@ -18,6 +18,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from cljax import cli
 from cljax.errors import CljaxError, ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'a config file in configs/', lock_config=True)
@@ -63,14 +64,15 @@ def run_seeds(config, root: str, seeds):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   from cljax.continual.run_log import quiet_libraries  # pylint: disable=g-import-not-at-top
   quiet_libraries()
   from cljax import parallel  # pylint: disable=g-import-not-at-top
   try:
+    cli.check_no_arguments(argv)
+    config = cli.config_value(_CONFIG)
+    seeds = parse_seeds(_SEEDS.value)
     parallel.initialize_distributed()
-    _, tables = run_seeds(_CONFIG.value, _WORKDIR.value, parse_seeds(_SEEDS.value))
+    _, tables = run_seeds(config, _WORKDIR.value, seeds)
   except CljaxError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
@@ -79,4 +81,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -244,3 +244,21 @@ def test_convert_commands(pair, tmp_path, capsys):
   files.write(str(tmp_path / 'bb.pth'), backbone_sd(pair), wrap_key=None)
   with pytest.raises(SystemExit, match=r'error: .*bb.pth lacks 120 key\(s\) the model needs: blocks.10'):
     convert.main(['backbone', str(tmp_path / 'bb.pth'), str(out), '--model', 'vit_ti8', '--image-size', '32'])
+
+
+class _Payload:
+  """Unpickling this calls open(path, 'w'): what a malicious checkpoint would do."""
+  def __init__(self, path):
+    self.path = path
+
+  def __reduce__(self):
+    return (open, (self.path, 'w'))
+
+
+def test_a_code_running_checkpoint_is_refused_before_its_code_runs(tmp_path):
+  marker = tmp_path / 'the_payload_ran'
+  path = tmp_path / 'evil.pth'
+  torch.save({'model': {'w': torch.zeros(2)}, 'x': _Payload(str(marker))}, path)
+  with pytest.raises(CheckpointError, match=rf'^cannot read checkpoint {path}: '):
+    files.read(str(path))
+  assert not marker.exists()

@@ -130,8 +130,9 @@ def template(config: ViTConfig):
   """Abstract (shape-only) backbone params for a config."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   model = VisionTransformer(config)
-  dummy = jnp.zeros((1, config.image_size, config.image_size, config.in_channels), jnp.float32)
-  return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), dummy))['params']
+  # Shapes only, nothing compiled: a checkpoint's keys are checked before any compilation.
+  dummy = jax.ShapeDtypeStruct((1, config.image_size, config.image_size, config.in_channels), jnp.float32)
+  return jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), dummy)['params']
 
 
 def backbone_from_state_dict(sd: Dict[str, np.ndarray], config: ViTConfig,

@@ -4,8 +4,10 @@ For each task t (ALGORITHMS.md 2): if the method needs task identity, stage 1 (t
 model) trains, summarises its features and aligns its head; then the method's own stage trains
 (prompts and head), summarises the prompted features, aligns the head, and everything seen so
 far is evaluated, giving a column of the accuracy matrix. After each stage of each task the run
-state goes to an Orbax checkpoint, and rerunning the same command resumes after the last
-completed stage (a finished run is not retrained).
+state goes to an Orbax checkpoint (and, with config.checkpoint_every_steps, the stage being
+trained every that many steps), and rerunning the same command resumes where the last
+checkpoint left off, with the numbers of an uninterrupted run (a finished run is not retrained).
+A NaN/Inf loss stops the run (TrainingDivergedError) before it reaches a checkpoint.
 
 The trainer knows no method by name: it calls the `Method`'s pure functions, through steps that
 are jitted once per run (the task index, masks and learning rates are traced arguments, so no
@@ -31,9 +33,33 @@ from cljax.continual import alignment, metrics, plots, task_checkpoints, task_id
 from cljax.continual.alignment import ClassStats
 from cljax.continual.run_log import RunLog, duration
 from cljax.data import benchmarks, pipeline
-from cljax.errors import CheckpointError, ConfigError, DataError
+from cljax.errors import CheckpointError, ConfigError, DataError, TrainingDivergedError
 from cljax import methods as methods_lib
 from cljax.methods.base import cross_entropy, mask_logits
+
+
+# A mid-stage checkpoint's data position: phase, epoch, next batch, lr-schedule iteration, and
+# the number of batches in the epoch's running sums.
+POSITION = ('phase', 'epoch', 'batch', 'iteration', 'count')
+
+
+def check_finite(losses, params, stage: str, task: int, epoch: int, epochs: int, n_batches: int):
+  """Raise TrainingDivergedError naming the first step whose loss (or the params after the last
+  step) is NaN/Inf; returns [] (nothing left to check). One device sync, at checkpoints and
+  epoch ends only."""
+  if not losses:
+    return []
+  values = np.asarray(jax.device_get([l for _, l in losses]), np.float64)
+  bad = np.flatnonzero(~np.isfinite(values))
+  what = f'loss ({values[bad[0]]})' if bad.size else 'parameters'
+  if not bad.size:
+    if bool(jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(params)]))):
+      return []
+    bad = [len(losses) - 1]
+  raise TrainingDivergedError(
+      f'training diverged: non-finite {what} in the {stage} stage, task {task + 1}, epoch '
+      f'{epoch + 1}/{epochs}, step {losses[bad[0]][0] + 1}/{n_batches}; the workdir keeps the '
+      f'last good checkpoint; lower config.{stage}.lr (or check the inputs) and rerun')
 
 
 @dataclasses.dataclass
@@ -100,15 +126,17 @@ class Experiment:
     c = self.config
     info = backbone_lib.NAMED[c.backbone.name]
     overrides = dict(image_size=c.backbone.image_size, final_norm=not info.fc_norm)
-    if c.backbone.depth:
-      overrides['depth'] = c.backbone.depth
-    if c.model_override:
-      from cljax.models.vit import vit_config  # pylint: disable=g-import-not-at-top
-      return vit_config(c.model_override, **overrides)
-    if info.arch == 'demo':
-      return backbone_lib.demo_vit_config(**overrides)
     from cljax.models.vit import vit_config  # pylint: disable=g-import-not-at-top
-    return vit_config(info.arch, **overrides)
+    if c.model_override:
+      full = vit_config(c.model_override, **overrides)
+    elif info.arch == 'demo':
+      full = backbone_lib.demo_vit_config(**overrides)
+    else:
+      full = vit_config(info.arch, **overrides)
+    if c.backbone.depth > full.depth:
+      raise ConfigError(f'config.backbone.depth={c.backbone.depth} exceeds the {full.depth} blocks of '
+                        f'{c.model_override or c.backbone.name}; use 1..{full.depth} (0 = all)')
+    return dataclasses.replace(full, depth=c.backbone.depth) if c.backbone.depth else full
 
   def _load_backbone(self):
     c = self.config
@@ -197,9 +225,9 @@ class Experiment:
 
   # --------------------------------------------------------------------------- loops
 
-  def _limit(self, iterator):
+  def _limit(self, iterator, start_batch: int = 0):
     if self.config.dry_run:
-      return (b for _, b in zip(range(self.config.dry_run_steps), iterator))
+      return (b for _, b in zip(range(self.config.dry_run_steps - start_batch), iterator))
     return iterator
 
   def _batches(self, indices, train: bool, seed, shuffle: bool, batch_size: int):
@@ -208,12 +236,14 @@ class Experiment:
                           rows=parallel.host_rows(batch_size))
     return pipeline.prefetch(self._limit(it), self.data_sharding)
 
-  def _train_batches(self, indices, train_transform: bool, seed, shuffle):
-    """Training images (train transform) or training images with the test transform (stats)."""
+  def _train_batches(self, indices, train_transform: bool, seed, shuffle, start_batch: int = 0):
+    """Training images (train transform) or training images with the test transform (stats);
+    ``start_batch`` resumes an epoch (its order is a function of the seed)."""
     it = pipeline.batches(self.data.train, indices, self.config.batch_size,
                           self.config.backbone.image_size, train=train_transform, seed=seed,
-                          shuffle=shuffle, rows=parallel.host_rows(self.config.batch_size))
-    return pipeline.prefetch(self._limit(it), self.data_sharding)
+                          shuffle=shuffle, start_batch=start_batch,
+                          rows=parallel.host_rows(self.config.batch_size))
+    return pipeline.prefetch(self._limit(it, start_batch), self.data_sharding)
 
   def _context(self, stage_state, t: int):
     means, valid = stage_state['stats'].means()
@@ -221,13 +251,25 @@ class Experiment:
             'seen_mask': jnp.asarray(self.split.seen_mask(t)),
             'means': jnp.asarray(means), 'means_valid': jnp.asarray(valid)}
 
-  def train_stage(self, stage: StageSetup, stage_state, t: int):
-    """Train a stage's params on task t; returns the updated stage state."""
+  def train_stage(self, stage: StageSetup, stage_state, t: int, resume=None, save=None):
+    """Train a stage's params on task t; returns the updated stage state.
+
+    Every config.checkpoint_every_steps training steps, ``save(done, progress)`` receives what
+    continues the stage: params, optimizer state, method state, the data position and the
+    running sums of the epoch's metrics. ``resume=(done, progress)`` continues from one, with
+    the same numbers as an uninterrupted run: each epoch's order is a function of the seed, so
+    its first batches are skipped, and the lr schedule continues from the saved iteration."""
     c = self.config
     steps = self._steps(stage)
     method = stage.method
-    params, method_state = method.begin_task(jax.tree.map(jnp.asarray, stage_state['params']),
-                                             jax.tree.map(jnp.asarray, stage_state['method_state']), t)
+    if resume is None:
+      params, method_state = method.begin_task(jax.tree.map(jnp.asarray, stage_state['params']),
+                                               jax.tree.map(jnp.asarray, stage_state['method_state']), t)
+      done, position = 0, None
+    else:   # begin_task already applied
+      done, progress = resume
+      params, method_state = progress['params'], jax.tree.map(jnp.asarray, progress['method_state'])
+      position = dict(zip(POSITION, (int(v) for v in progress['position'])))
     indices = self.data.train.indices_of(self.split.tasks[t])
     n_batches = pipeline.num_batches(len(indices), c.batch_size)
     if c.dry_run:
@@ -236,20 +278,33 @@ class Experiment:
     t_arr = jnp.asarray(t, jnp.int32)
     stage_id = 1 + self.stages.index(stage)
     for p_index, phase in enumerate(method.training_phases(t, stage.cfg.epochs)):
+      if position and p_index < position['phase']:
+        continue
       epochs = min(phase.epochs, 1) if c.dry_run else phase.epochs
       params = jax.device_put(params, self.replicated)
       opt_state = steps['tx'].init(params)     # the references re-create the optimizer every task
+      if position:
+        opt_state = jax.device_put(jax.tree.unflatten(jax.tree.structure(opt_state),
+                                                      progress['opt_state']), self.replicated)
       lr_tree = jax.tree.map(jnp.float32, method.lr_multipliers(params, t))
       lr_at = optim.schedule(stage.cfg, stage.cfg.lr * stage.lr_scale, phase.epochs, n_batches, c.schedule)
       if stage.cfg.get('schedule_first_task_only', False) and t > 0:
         lr_at = lambda it, base=stage.cfg.lr * stage.lr_scale: base   # quirk 11.8 (DualPrompt CUB)
-      start, iteration = time.time(), 0
+      start, iteration = time.time(), position['iteration'] if position else 0
       tag = f'[{stage.name}{"/" + phase.name if phase.name != "train" else ""}]'
       global_step = self._global_step(stage, t, p_index, n_batches)
       for epoch in range(epochs):
-        sums, count, epoch_start = {}, 0, time.time()
+        if position and epoch < position['epoch']:
+          continue
+        sums, count, first, epoch_start = {}, 0, 0, time.time()
+        if position:    # the checkpoint's epoch: its running sums, then its remaining batches
+          sums = {k: jnp.asarray(v) for k, v in progress['sums'].items()}
+          count, first, position = position['count'], position['batch'], None
         seed = (c.seed, stage_id, t, p_index, epoch)
-        for b, batch in enumerate(self._train_batches(indices, True, seed, shuffle=True)):
+        losses = []     # (batch, loss) not yet checked for NaN/Inf
+        where = dict(stage=stage.name, task=t, epoch=epoch, epochs=epochs, n_batches=n_batches)
+        for b, batch in enumerate(self._train_batches(indices, True, seed, shuffle=True, start_batch=first),
+                                  start=first):
           lr = lr_at(iteration)
           params, opt_state, m = steps['train'](params, opt_state, method_state, self.backbone,
                                                 batch.images, batch.labels, batch.mask, t_arr,
@@ -258,14 +313,21 @@ class Experiment:
           for k, v in m.items():
             sums[k] = sums.get(k, 0.0) + v
           count += 1
+          done += 1
+          losses.append((b, m['loss']))
+          if save is not None and c.checkpoint_every_steps and done % c.checkpoint_every_steps == 0:
+            losses = check_finite(losses, params, **where)   # a checkpoint is only ever of a good state
+            save(done, {'params': params, 'opt_state': jax.tree.leaves(opt_state),
+                        'method_state': method_state, 'sums': sums,
+                        'position': np.array([p_index, epoch, b + 1, iteration, count], np.int64)})
           self.run_log.progress(
               f'{tag} task {t + 1}/{self.num_tasks} epoch {epoch + 1}/{epochs}', b + 1, n_batches,
               epoch_start, {k: m[k] for k in ('loss', 'accuracy') if k in m},
-              images=min(len(indices), count * c.batch_size),
+              images=min(len(indices), (b + 1) * c.batch_size) - first * c.batch_size,
               force=bool(c.log_every_steps) and (b + 1) % c.log_every_steps == 0)
+        check_finite(losses, params, **where)
         host = {k: float(v) / max(count, 1) for k, v in sums.items()}
-        if not all(np.isfinite(v) for v in host.values()):
-          raise FloatingPointError(f'non-finite loss in {stage.name} stage, task {t + 1}, epoch {epoch + 1}: {host}')
+        lr = lr_at(iteration - 1)    # the last step's (also when resumed at the epoch's end)
         elapsed = time.time() - start
         rate = min(len(indices), count * c.batch_size) * (epoch + 1) / max(elapsed, 1e-9)
         eta = elapsed / (epoch + 1) * (epochs - epoch - 1)
@@ -365,7 +427,10 @@ class Experiment:
         losses.append(loss)
       mean_loss = float(np.mean([float(l) for l in losses])) if losses else float('nan')
       if losses and not np.isfinite(mean_loss):
-        raise FloatingPointError(f'non-finite alignment loss in {stage.name} stage, task {t + 1}, epoch {epoch + 1}')
+        raise TrainingDivergedError(
+            f'training diverged: non-finite alignment loss ({mean_loss}) in the {stage.name} stage, '
+            f'task {t + 1}, alignment epoch {epoch + 1}; the workdir keeps the last good checkpoint; '
+            f'lower config.{stage.name}.ca_lr')
       self.run_log.progress(f'[{stage.name}] task {t + 1} alignment epoch', epoch + 1, epochs, start,
                             {'loss': mean_loss})
       # The scalar step counts alignment epochs over the run (cfg.ca_epochs per task after the first).
@@ -443,25 +508,17 @@ class Experiment:
               step: Optional[int] = None) -> None:
     self.run_log.record(entry, scalars_prefix, step)
 
-  def _check_workdir(self):
-    path = os.path.join(self.workdir, 'config.json')
-    current = config_lib.to_json(self.config)
-    if os.path.exists(path):
-      with open(path) as f:
-        saved = json.load(f)
-      differ = config_lib.differences(saved, current, ignore=('log_every_steps', 'stop_after_task'))
-      if differ:
-        raise ConfigError(f'{self.workdir} holds a run of a different config ({"; ".join(differ[:4])}); '
-                          f'use another --workdir, or delete that one to start over')
-    else:
-      os.makedirs(self.workdir, exist_ok=True)
-      with open(path, 'w') as f:
-        json.dump(current, f, indent=2, sort_keys=True)
-
   def run(self) -> Dict[str, Any]:
-    c = self.config
-    self._check_workdir()
+    check_workdir(self.config, self.workdir, claim=True)
     ckpt = task_checkpoints.RunCheckpoints(self.workdir)
+    try:
+      return self._run(ckpt)
+    finally:   # also on an error: a mid-stage checkpoint being written is completed
+      ckpt.close()
+      self.run_log.close()
+
+  def _run(self, ckpt) -> Dict[str, Any]:
+    c = self.config
     state = self.initial_state()
     latest = ckpt.latest_step()
     done_step = 0
@@ -484,7 +541,12 @@ class Experiment:
         if step <= done_step:
           continue
         stage_start = time.time()
-        s = self.train_stage(stage, state[stage.name], t)
+        resume = ckpt.restore_mid_stage(step)
+        if resume is not None:
+          self._log(f'resuming {self.workdir}: {task_checkpoints.describe(step)} after {resume[0]} '
+                    f'training steps')
+        s = self.train_stage(stage, state[stage.name], t, resume,
+                             save=lambda done, progress, step=step: ckpt.save_mid_stage(step, done, progress))
         state = {**state, stage.name: s}
         if self.method.uses_statistics or stage.name == 'task_identity':
           state[stage.name] = self.update_statistics(stage, state[stage.name], t)
@@ -522,11 +584,11 @@ class Experiment:
         # code, and writes would dominate its time.
         if not c.dry_run or t in (0, last_task - 1):
           ckpt.save(step, state, state[stage.name]['params'])
+        else:
+          ckpt.clear_mid_stage()
         self._write_results(state, time.time() - run_start)
         self._record({'stage': stage.name, 'task': t, 'event': 'stage_done',
                       'seconds': round(time.time() - stage_start, 2)})
-    ckpt.close()
-    self.run_log.close()
     return self._write_results(state, time.time() - run_start)
 
   def _write_results(self, state, seconds):
@@ -600,5 +662,43 @@ class Experiment:
             'accuracy_matrix_per_example': acc.tolist()}
 
 
+# Keys that do not change a run's numbers: a rerun may change them.
+RERUN_MAY_CHANGE = ('log_every_steps', 'stop_after_task', 'checkpoint_every_steps')
+
+
+def check_workdir(config, workdir: str, claim: bool = False) -> None:
+  """Refuse a ``workdir`` holding another config's run; with ``claim``, write config.json into
+  it (only once everything is validated: a config that fails does not claim a workdir)."""
+  if not workdir:
+    raise ConfigError('no workdir given: pass --workdir=<folder for checkpoints and results>')
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ConfigError(f'workdir {workdir} is a file, not a folder; pass another --workdir')
+  path = os.path.join(workdir, 'config.json')
+  current = config_lib.to_json(config)
+  if os.path.exists(path):
+    try:
+      with open(path) as f:
+        saved = json.load(f)
+    except ValueError as e:
+      raise CheckpointError(f'{path} is damaged ({str(e).splitlines()[0]}); delete {workdir} to start '
+                            f'over, or use another --workdir') from e
+    differ = config_lib.differences(saved, current, ignore=RERUN_MAY_CHANGE)
+    if differ:
+      raise ConfigError(f'{workdir} holds a run of a different config ({"; ".join(differ[:4])}); '
+                        f'use another --workdir, or delete that one to start over')
+  elif claim:
+    try:
+      os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+      raise ConfigError(f'cannot create workdir {workdir} ({e.strerror}); pass another --workdir') from e
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+      json.dump(current, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)    # a kill leaves no half-written config.json
+
+
 def run(config, workdir: str) -> Dict[str, Any]:
+  # The config and the workdir are checked before anything is loaded or compiled.
+  config = config_lib.validate(config)
+  check_workdir(config, workdir)
   return Experiment(config, workdir).run()

@@ -53,7 +53,12 @@ def test_interrupted_then_resumed_run_is_identical(full_run, tmp_path, data_dir)
   c = tiny_config(data_dir)
   c.stop_after_task = 2
   first = trainer.run(c, str(tmp_path))
-  assert np.array(first['accuracy_matrix'])[:, 2:].sum() == 0
+  partial = np.array(first['accuracy_matrix'])
+  assert partial[:, 2:].sum() == 0 and first['tasks_completed'] == 2
+  # A stopped run is scored on the tasks it completed, not on empty columns.
+  assert first['final_average_accuracy'] == pytest.approx(partial[:2, 1].mean())
+  assert first['cumulative_average_accuracy'] == pytest.approx((partial[0, 0] + partial[:2, 1].mean()) / 2)
+  assert first['forgetting'] == pytest.approx(partial[0, :2].max() - partial[0, 1])
   c.stop_after_task = 0
   resumed = trainer.run(c, str(tmp_path))
   assert resumed['accuracy_matrix'] == results['accuracy_matrix']

@@ -630,36 +630,32 @@ class Experiment:
 
   def _results(self, state, seconds: float) -> Dict[str, Any]:
     acc = np.asarray(state['accuracy'])
-    T = self.num_tasks
+    done = int(state['step']) // 2
+    k = max(done, 1)    # a run stopped early (stop_after_task) is scored on its completed tasks
+    seen = lambda name: np.asarray(state[name])[:k, :k]
     return {
         'config': config_lib.to_json(self.config),
         'benchmark': self.data.description if self.data else '',
-        'final_average_accuracy': metrics.final_average_accuracy(acc),
-        'cumulative_average_accuracy': metrics.cumulative_average_accuracy(acc),
-        'forgetting': metrics.forgetting(acc),
-        'task_identity_accuracy': metrics.average_accuracy(np.asarray(state['task_identity_accuracy']), T - 1),
-        'final_average_accuracy_before_alignment':
-            metrics.final_average_accuracy(np.asarray(state['accuracy_before_alignment'])),
+        'final_average_accuracy': metrics.final_average_accuracy(seen('accuracy')),
+        'cumulative_average_accuracy': metrics.cumulative_average_accuracy(seen('accuracy')),
+        'forgetting': metrics.forgetting(seen('accuracy')),
+        'task_identity_accuracy': metrics.average_accuracy(seen('task_identity_accuracy'), k - 1),
+        'final_average_accuracy_before_alignment': metrics.final_average_accuracy(seen('accuracy_before_alignment')),
         'accuracy_matrix': acc.tolist(),
         'accuracy_matrix_before_alignment': np.asarray(state['accuracy_before_alignment']).tolist(),
         'task_identity_matrix': np.asarray(state['task_identity_accuracy']).tolist(),
         'stage1_task_identity_accuracy': np.asarray(state['stage1_task_identity_accuracy']).tolist(),
-        'tasks_completed': int(state['step']) // 2,
+        'tasks_completed': done,
         'seconds_this_invocation': round(seconds, 1),
         'devices': int(self.mesh.devices.size),
-        **self._per_example_results(state),
+        **({} if 'accuracy_per_example' not in state else {
+            # With a batchwise vote at test, the figures without it (ALGORITHMS.md D1).
+            'final_average_accuracy_per_example': metrics.final_average_accuracy(seen('accuracy_per_example')),
+            'cumulative_average_accuracy_per_example':
+                metrics.cumulative_average_accuracy(seen('accuracy_per_example')),
+            'forgetting_per_example': metrics.forgetting(seen('accuracy_per_example')),
+            'accuracy_matrix_per_example': np.asarray(state['accuracy_per_example']).tolist()}),
     }
-
-  @staticmethod
-  def _per_example_results(state) -> Dict[str, Any]:
-    """With a batchwise vote at test, the figures without it (ALGORITHMS.md D1)."""
-    if 'accuracy_per_example' not in state:
-      return {}
-    acc = np.asarray(state['accuracy_per_example'])
-    return {'final_average_accuracy_per_example': metrics.final_average_accuracy(acc),
-            'cumulative_average_accuracy_per_example': metrics.cumulative_average_accuracy(acc),
-            'forgetting_per_example': metrics.forgetting(acc),
-            'accuracy_matrix_per_example': acc.tolist()}
 
 
 # Keys that do not change a run's numbers: a rerun may change them.

@@ -39,7 +39,7 @@ def router_loss(aux, eps: float, mask):
   r, selected, score_range = aux['scores'], aux['selected'], aux['range']    # [B,H,E], [B,H,K], [B,H,1]
   chosen = jnp.zeros_like(r, bool).at[
       jnp.arange(r.shape[0])[:, None, None], jnp.arange(r.shape[1])[None, :, None], selected].set(True)
-  logits = r + jnp.where(chosen, 0.0, eps) * score_range
+  logits = (r + jnp.where(chosen, 0.0, eps) * score_range).astype(jnp.float32)   # fp32 under bf16
   logp = jax.nn.log_softmax(logits, axis=-1)
   nll = -jnp.take_along_axis(logp, selected, axis=-1)                        # [B, H, K]
   per_example = nll.sum(axis=(1, 2))

@@ -17,7 +17,7 @@ from cljax.models.assembly import PromptedViTSpec
 
 def build(config, vit_cfg, num_classes: int) -> Method:
   model = PromptedViTSpec(vit_cfg, num_classes, None, tuple(config.task_identity.mlp_hidden),
-                          fc_norm=not vit_cfg.final_norm, dtype=jnp.dtype(config.dtype))
+                          fc_norm=not vit_cfg.final_norm, dtype=jnp.dtype(config.dtype), attention=config.attention)
 
   def init(rng):
     return model.init_trainable(rng)

@@ -69,7 +69,7 @@ def build(config, vit_cfg, num_classes: int, num_tasks: int) -> Method:
   prompt_scale = float(p.prompt_lr_scale)
   eval_with_counts = p.smope_eval_counts == 'saved'   # only the reported evaluation differs
   model = PromptedViTSpec(vit_cfg, num_classes, None, (), fc_norm=not vit_cfg.final_norm,
-                          head_init='torch_default', dtype=jnp.dtype(config.dtype))
+                          head_init='torch_default', dtype=jnp.dtype(config.dtype), attention=config.attention)
   shape = (len(layers), experts, heads, head_dim)
 
   def init(rng):

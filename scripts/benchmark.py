@@ -1,9 +1,10 @@
 """Throughput of cljax's jitted steps against a PyTorch eager implementation, MFU, projections.
 
-  python scripts/benchmark.py                 # CPU default: every method at ViT-Ti/16, NoRGa and
-                                              # HiDe-Prompt at ViT-B/16; batch 8 (128 on GPU)
+  python scripts/benchmark.py                 # default: every method at ViT-Ti/16, NoRGa at
+                                              # ViT-B/16; batch 8 on CPU, 128 on GPU
   python scripts/benchmark.py --quick         # ViT-Ti, NoRGa only, 2 repeats (CI smoke run)
-  python scripts/benchmark.py --dtype bfloat16 --torch-compile --models b --methods all
+  python scripts/benchmark.py --dtype bfloat16 --torch-compile --models b --methods all   # GPU
+  python scripts/benchmark.py --models ti --methods norga --variant dtype=bfloat16 --variant attention=fused
 
 What is timed. cljax: the very steps `Experiment` jits for a run (`_steps(stage)['train']`,
 `_eval_step('prompt')`, the alignment step `_steps(stage)['ca']`), built from the method's paper
@@ -354,11 +355,11 @@ def parse(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--methods', default='', help='comma list or "all" (default: all at ViT-Ti; '
                  '--b-methods at ViT-B)')
-  p.add_argument('--b-methods', default='norga,hideprompt', help='methods timed at ViT-B/16 when '
+  p.add_argument('--b-methods', default='norga', help='methods timed at ViT-B/16 when '
                  '--methods is not given ("all" for every one)')
   p.add_argument('--models', default='ti,b', help='comma list of ti, b')
   p.add_argument('--batch', type=int, default=0, help='0: 8 on CPU, 128 on GPU')
-  p.add_argument('--repeats', type=int, default=5)
+  p.add_argument('--repeats', type=int, default=3)
   p.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'),
                  help="cljax compute dtype (config.dtype); PyTorch stays eager fp32")
   p.add_argument('--attention', default='explicit', choices=('explicit', 'fused'), help='config.attention')

@@ -179,7 +179,7 @@ def time_cljax_alignment(exp, stage, repeats):
 class TorchSide:
   """The method's reference structure in eager PyTorch (cljax.torch_oracle), for one config."""
 
-  def __init__(self, exp, batch: int, compile_mode: bool):
+  def __init__(self, exp, batch: int, compile_mode: bool, amp: bool = False):
     import torch  # pylint: disable=g-import-not-at-top
     from cljax import torch_oracle as O  # pylint: disable=g-import-not-at-top
     from cljax.checkpoints import backbones  # pylint: disable=g-import-not-at-top
@@ -212,16 +212,30 @@ class TorchSide:
       self.noise = torch.zeros(len(p.layers), vit.num_heads, p.length // 2)
     else:
       raise ValueError(m)
+    # The GPU when there is one (the script runs unchanged on either).
+    self.device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     self.models = [self.model] + ([self.tii] if hasattr(self, 'tii') else [])
+    for model in self.models:
+      model.to(self.device)
+    if m == 'smope':
+      self.noise = self.noise.to(self.device)
     for model in self.models:   # the references' --freeze: the backbone takes no gradient
       for name, param in model.named_parameters():
         param.requires_grad = not name.startswith(backbones.BACKBONE_PREFIXES)
-    self.x = torch.rand(batch, 3, vit.image_size, vit.image_size)
-    self.y = torch.arange(batch) % exp.num_classes
-    self.means = torch.randn(exp.num_classes, vit.embed_dim)   # stored class means (contrastive)
-    self.class_to_task = torch.arange(exp.num_classes) * exp.num_tasks // exp.num_classes
-    self.task_mask = torch.ones(exp.num_classes, dtype=torch.bool)
+    dev = self.device
+    self.x = torch.rand(batch, 3, vit.image_size, vit.image_size, device=dev)
+    self.y = torch.arange(batch, device=dev) % exp.num_classes
+    self.means = torch.randn(exp.num_classes, vit.embed_dim, device=dev)   # stored class means (contrastive)
+    self.class_to_task = torch.arange(exp.num_classes, device=dev) * exp.num_tasks // exp.num_classes
+    self.task_mask = torch.ones(exp.num_classes, dtype=torch.bool, device=dev)
     self.compile = compile_mode
+    self.amp = amp     # bf16 autocast (torch's mixed precision), for the torch.compile comparison
+
+  def _autocast(self):
+    import contextlib  # pylint: disable=g-import-not-at-top
+    if not self.amp:
+      return contextlib.nullcontext()
+    return self.torch.autocast(self.device.type, dtype=self.torch.bfloat16)
 
   def _optimizer(self, model, cfg):
     params = [q for q in model.parameters() if q.requires_grad]
@@ -235,11 +249,11 @@ class TorchSide:
   def _prompt_loss(self):
     torch, m, p = self.torch, self.method, self.c.prompt
     if m in ('hideprompt', 'norga'):
-      pre, logits = self.model(self.x, torch.full((self.batch,), 1))
+      pre, logits = self.model(self.x, torch.full((self.batch,), 1, device=self.device))
       loss = self._masked_ce(logits)
       if p.reg > 0:   # contrastive term against the stored class means (ALGORITHMS.md 2.3)
         feats = torch.cat([self.means, pre])
-        loss = loss + p.reg * self.F.cross_entropy(feats @ feats.t() / 0.8, torch.arange(len(feats)))
+        loss = loss + p.reg * self.F.cross_entropy(feats @ feats.t() / 0.8, torch.arange(len(feats), device=self.device))
       return loss
     if m in ('l2p', 'dualprompt', 'sprompt'):
       logits, _, sim = self.model(self.x, task=1)
@@ -260,7 +274,8 @@ class TorchSide:
 
     def step():
       opt.zero_grad(set_to_none=True)
-      loss = loss_fn()
+      with self._autocast():
+        loss = loss_fn()
       loss.backward()
       if clip > 0:
         torch.nn.utils.clip_grad_norm_(params, clip)
@@ -279,7 +294,7 @@ class TorchSide:
       model.eval()
 
     def step():
-      with torch.no_grad():
+      with torch.no_grad(), self._autocast():
         if m in ('hideprompt', 'norga'):
           task = self.class_to_task[self.tii(self.x)[1].argmax(-1)]
           logits = self.model(self.x, task)[1]
@@ -386,6 +401,7 @@ def parse(argv=None):
                  help='also time cljax with these config overrides, interleaved with the base, '
                       'e.g. --variant dtype=bfloat16 --variant attention=fused (a,b: both)')
   p.add_argument('--torch-compile', action='store_true', help='also time torch.compile of the steps')
+  p.add_argument('--torch-amp', action='store_true', help='torch.compile under bf16 autocast (AMP)')
   p.add_argument('--no-torch', action='store_true', help='time cljax alone')
   p.add_argument('--quick', action='store_true', help='ViT-Ti, NoRGa, 2 repeats: a smoke run')
   p.add_argument('--out-dir', default=os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'benchmarks'))
@@ -432,7 +448,8 @@ def main(argv=None):
     exp = experiment(method, model, batch, base)
     variants = {label: experiment(method, model, batch, {**base, **o}) for label, o in variant_overrides.items()}
     torch_side = None if args.no_torch else TorchSide(exp, batch, False)
-    torch_comp = TorchSide(exp, batch, True) if args.torch_compile and not args.no_torch else None
+    torch_comp = (TorchSide(exp, batch, True, amp=args.torch_amp)
+                  if args.torch_compile and not args.no_torch else None)
     rates = {}
     kinds = [(s.name, 'train') for s in exp.stages] + [('prompt', 'eval')]
     for stage_name, kind in kinds:
@@ -489,7 +506,7 @@ def main(argv=None):
            f'Command: `python scripts/benchmark.py {" ".join(sys.argv[1:] if argv is None else argv)}`'.replace('  ', ' '),
            '',
            '| model | method | step | cljax img/s | PyTorch img/s | ratio | ' +
-           ('torch.compile img/s | ' if args.torch_compile else '') +
+           (f'torch.compile{" AMP" if args.torch_amp else ""} img/s | ' if args.torch_compile else '') +
            'cljax compile s | GFLOP/step | MFU |' + ''.join(f' cljax [{k}] img/s (vs base) |' for k in variant_overrides),
            '|---|---|---|---|---|---|' + ('---|' if args.torch_compile else '') + '---|---|---|' + '---|' * len(variant_overrides)]
   for r in rows:

@@ -109,6 +109,9 @@ def base() -> ml_collections.ConfigDict:
   c.mask_test_logits = False
   c.num_devices = 0             # 0 = every local device
   c.dtype = 'float32'
+  # explicit: attention as written in the references; fused: jax.nn.dot_product_attention in the
+  # layers where it is exact (no prefix or a linear-gate prefix), for cuDNN flash attention on GPU.
+  c.attention = 'explicit'
   c.dry_run = False             # every task and stage for dry_run_steps on synthetic inputs
   c.dry_run_steps = 2
   c.log_every_steps = 50
@@ -255,6 +258,7 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     raise one_of('statistics method (config.statistics.method)', c.statistics.method, STATISTICS)
   _check(c.batch_size >= 1 and c.eval_batch_size >= 1, 'config.batch_size and eval_batch_size must be >= 1')
   _check(c.dtype in ('float32', 'bfloat16'), f'config.dtype must be float32 or bfloat16, got {c.dtype!r}')
+  _check(c.attention in ('explicit', 'fused'), f'config.attention must be explicit or fused, got {c.attention!r}')
   _check(c.dry_run_steps >= 1, 'config.dry_run_steps must be >= 1')
   _check(c.seed >= 0, f'config.seed must be >= 0 (numpy seeds are non-negative), got {c.seed}')
   _check(c.num_devices >= 0, f'config.num_devices must be >= 0 (0 = every device), got {c.num_devices}')

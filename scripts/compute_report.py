@@ -18,12 +18,10 @@ import argparse
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from cljax import config as config_lib
-from cljax.continual import trainer
-from cljax.continual.alignment import ClassStats
+from cljax.continual import step_inputs, trainer
 
 METHODS = ('l2p', 'dualprompt', 'coda', 'hideprompt', 'norga', 'smope')
 NAMES = {'l2p': 'L2P', 'dualprompt': 'DualPrompt', 'coda': 'CODA-Prompt', 'hideprompt': 'HiDe-Prompt',
@@ -42,35 +40,14 @@ def count(tree) -> int:
 
 def stage_costs(exp, stage, batch: int, t: int = 1):
   """(learnable params, train GFLOPs/img) of one stage's training step at task t."""
-  method = stage.method
-  steps = exp._steps(stage)
-  params = jax.eval_shape(method.init, jax.random.PRNGKey(0))
-  state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), method.init_state())
-  opt = jax.eval_shape(steps['tx'].init, params)
-  lr_tree = jax.tree.map(jnp.float32, method.lr_multipliers(params, t))
-  size = exp.vit_cfg.image_size
-  stats = ClassStats.empty(exp.num_classes, exp.vit_cfg.embed_dim, stage.stats_method, exp.config.statistics.n_centroids)
-  means, valid = stats.means()
-  context = {'task_mask': jnp.zeros(exp.num_classes, bool), 'seen_mask': jnp.zeros(exp.num_classes, bool),
-             'means': jnp.asarray(means), 'means_valid': jnp.asarray(valid)}
-  flags = method.training_phases(t, stage.cfg.epochs)[-1].flags
-  args = (params, opt, state, exp.backbone, jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32),
-          jnp.zeros(batch, jnp.int32), jnp.ones(batch, bool), jnp.int32(t), context, jnp.float32(1e-3), lr_tree)
-  flops = steps['train'].lower(*args, flags=flags).cost_analysis()['flops']
-  return count(params), flops / batch / 1e9
+  args, flags = step_inputs.train_args(exp, stage, batch, t)
+  flops = exp._steps(stage)['train'].lower(*args, flags=flags).cost_analysis()['flops']
+  return count(args[0]), flops / batch / 1e9
 
 
 def inference_cost(exp, batch: int):
-  stage = exp.stages[-1]
-  step = exp._eval_step('prompt', per_example=False)
-  params = jax.eval_shape(stage.method.init, jax.random.PRNGKey(0))
-  state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), stage.method.init_state())
-  tii = jax.eval_shape(exp.stages[0].method.init, jax.random.PRNGKey(0)) if len(exp.stages) > 1 else None
-  size = exp.vit_cfg.image_size
-  args = (params, state, tii, exp.backbone, jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32),
-          jnp.zeros(batch, jnp.int32), jnp.ones(batch, bool), jnp.ones(exp.num_classes, bool),
-          jnp.zeros(exp.num_classes, jnp.int32))
-  return step.lower(*args).cost_analysis()['flops'] / batch / 1e9
+  args = step_inputs.eval_args(exp, batch)
+  return exp._eval_step('prompt', per_example=False).lower(*args).cost_analysis()['flops'] / batch / 1e9
 
 
 def main():

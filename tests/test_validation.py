@@ -73,7 +73,7 @@ def files(tmp_path_factory):
 
 # (id, change to the demo config, error type, the message; '...' at the end: a prefix)
 CASES = [
-    ('unknown key', _add_key('foo'), ConfigError, 'unknown config key config.foo; valid keys: backbone, batch_size, ...'),
+    ('unknown key', _add_key('foo'), ConfigError, 'unknown config key config.foo; valid keys: attention, backbone, batch_size, ...'),
     ('misspelt key', _add_key('prompt.lenght'), ConfigError,
      'unknown config key config.prompt.lenght; did you mean config.prompt.length?'),
     ('value of the wrong type', _retype('prompt', 'epochs', '10'), ConfigError,
@@ -198,7 +198,7 @@ def test_unprepared_dataset_touches_no_network(monkeypatch, tmp_path):
 
 
 CLI = [
-    (['--config.foo=1'], 'error: unknown config key config.foo; valid keys: backbone, batch_size, '),
+    (['--config.foo=1'], 'error: unknown config key config.foo; valid keys: attention, backbone, batch_size, '),
     (['--config.prompt.lenght=4'],
      'error: unknown config key config.prompt.lenght; did you mean config.prompt.length? (in --config.prompt.lenght=4)'),
     (['--config.prompt.epochs=abc'],

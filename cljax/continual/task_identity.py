@@ -21,7 +21,8 @@ def frozen_backbone_classifier(name: str, config, vit_cfg, num_classes: int, mlp
   trained with the task-masked CE: the task-identity model, and without the MLP the head-only
   sequential baseline."""
   model = PromptedViTSpec(vit_cfg, num_classes, None, tuple(mlp_hidden),
-                          fc_norm=not vit_cfg.final_norm, dtype=jnp.dtype(config.dtype))
+                          fc_norm=not vit_cfg.final_norm, dtype=jnp.dtype(config.dtype),
+                          attention=config.attention)
 
   def init(rng):
     return model.init_trainable(rng)

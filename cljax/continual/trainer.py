@@ -483,7 +483,7 @@ class Experiment:
     With stage_name='task_identity' the stage-1 model alone is scored: the fraction of test
     images whose predicted task is right (its "TII accuracy")."""
     c = self.config
-    step = self._eval_step(stage_name)
+    step = self._eval_step(stage_name, per_example)
     class_to_task = jnp.asarray(self.split.class_to_task)
     seen = jnp.asarray(self.split.seen_mask(t))
     tii_params = state['task_identity']['params'] if 'task_identity' in state else None

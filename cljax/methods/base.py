@@ -79,8 +79,10 @@ class Method:
 
 
 def cross_entropy(logits, labels, mask):
-  """Mean CE over the real (mask True) examples; logits may hold -inf for masked classes."""
-  logp = jax.nn.log_softmax(logits, axis=-1)
+  """Mean CE over the real (mask True) examples; logits may hold -inf for masked classes.
+
+  In float32 always: under bf16 compute (config.dtype) the logits arrive in bf16."""
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   nll = -jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]
   return jnp.sum(jnp.where(mask, nll, 0.0)) / jnp.maximum(mask.sum(), 1)
 

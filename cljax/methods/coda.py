@@ -59,7 +59,7 @@ def build(config, vit_cfg, num_classes: int, num_tasks: int) -> Method:
   dim, heads = vit_cfg.embed_dim, vit_cfg.num_heads
   ortho_mu = float(p.ortho_mu)
   model = PromptedViTSpec(vit_cfg, num_classes, None, (), fc_norm=not vit_cfg.final_norm,
-                          head_init='torch_default', dtype=jnp.dtype(config.dtype))
+                          head_init='torch_default', dtype=jnp.dtype(config.dtype), attention=config.attention)
   names = [(f'e_{kind}_{l}', kind) for l in layers for kind in ('p', 'k', 'a')]
   prompt_scale = float(p.prompt_lr_scale)
 

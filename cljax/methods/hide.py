@@ -46,7 +46,7 @@ def build_prompted(config, vit_cfg, num_classes: int, num_tasks: int) -> Method:
                   gate=p.gate, activation=p.activation, kv_layout=p.kv_layout,
                   prompt_key=p.prompt_key)
   model = PromptedViTSpec(vit_cfg, num_classes, pool, (), fc_norm=not vit_cfg.final_norm,
-                          dtype=jnp.dtype(config.dtype))
+                          dtype=jnp.dtype(config.dtype), attention=config.attention)
   momentum, reg = float(p.momentum), float(p.reg)
   head_multiplier = 0.1 if p.larger_prompt_lr else 1.0
   batchwise = bool(p.batchwise_prompt)

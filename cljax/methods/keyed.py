@@ -67,7 +67,7 @@ def build(config, vit_cfg, num_classes: int, num_tasks: int) -> Method:
                   kind=kind, gate='linear', kv_layout=p.kv_layout, prompt_key=True)
   g_layers = tuple(p.g_layers) if name == 'dualprompt' else ()
   model = PromptedViTSpec(vit_cfg, num_classes, pool, (), fc_norm=not vit_cfg.final_norm,
-                          dtype=jnp.dtype(config.dtype))
+                          dtype=jnp.dtype(config.dtype), attention=config.attention)
   top_k, batchwise, pull = int(p.top_k), bool(p.batchwise_prompt), float(p.pull_coeff)
   force_task_entry = bool(p.use_prompt_mask) and name != 'l2p'
   shared_pool = bool(p.shared_prompt_pool) and name != 'l2p'

@@ -39,7 +39,7 @@ def router_loss(aux, eps: float, mask):
   r, selected, score_range = aux['scores'], aux['selected'], aux['range']    # [B,H,E], [B,H,K], [B,H,1]
   chosen = jnp.zeros_like(r, bool).at[
       jnp.arange(r.shape[0])[:, None, None], jnp.arange(r.shape[1])[None, :, None], selected].set(True)
-  logits = r + jnp.where(chosen, 0.0, eps) * score_range
+  logits = (r + jnp.where(chosen, 0.0, eps) * score_range).astype(jnp.float32)   # fp32 under bf16
   logp = jax.nn.log_softmax(logits, axis=-1)
   nll = -jnp.take_along_axis(logp, selected, axis=-1)                        # [B, H, K]
   per_example = nll.sum(axis=(1, 2))
@@ -69,7 +69,7 @@ def build(config, vit_cfg, num_classes: int, num_tasks: int) -> Method:
   prompt_scale = float(p.prompt_lr_scale)
   eval_with_counts = p.smope_eval_counts == 'saved'   # only the reported evaluation differs
   model = PromptedViTSpec(vit_cfg, num_classes, None, (), fc_norm=not vit_cfg.final_norm,
-                          head_init='torch_default', dtype=jnp.dtype(config.dtype))
+                          head_init='torch_default', dtype=jnp.dtype(config.dtype), attention=config.attention)
   shape = (len(layers), experts, heads, head_dim)
 
   def init(rng):

@@ -27,6 +27,7 @@ class PromptedViTSpec:
   fc_norm: bool = False
   head_init: str = 'timm'
   dtype: Any = jnp.float32
+  attention: str = 'explicit'      # config.attention: explicit | fused (see vit.Attention)
 
   def __post_init__(self):
     object.__setattr__(self, 'mlp_hidden', tuple(self.mlp_hidden))
@@ -36,7 +37,7 @@ class PromptedViTSpec:
 
   @property
   def backbone(self) -> VisionTransformer:
-    return VisionTransformer(self.vit, dtype=self.dtype)
+    return VisionTransformer(self.vit, dtype=self.dtype, attention=self.attention)
 
   @property
   def classifier(self) -> Classifier:

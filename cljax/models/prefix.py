@@ -137,6 +137,27 @@ def select_experts(r, experts: SparseExperts):
   return idx, score_range
 
 
+ATTENTION = ('explicit', 'fused')
+
+
+def fusable(prefix: Optional[PrefixLike]) -> bool:
+  """Whether a layer's attention is plain softmax(q [pk; k]^T) [pv; v], which
+  `jax.nn.dot_product_attention` computes exactly: no prefix, or a linear-gate prefix. NoRGa's
+  gate and sparse experts transform the prefix scores first and keep the explicit path."""
+  return prefix is None or (isinstance(prefix, Prefix) and prefix.gate == 'linear')
+
+
+def attend_fused(q, k, v, scale, prefix: Optional[Prefix] = None):
+  """`attend` through `jax.nn.dot_product_attention` (cuDNN flash attention on GPU where it
+  applies, XLA elsewhere); q, k, v in its layout [B, N, H, d]. Only for `fusable` prefixes."""
+  if prefix is not None:
+    batch = q.shape[0]
+    pk = _broadcast_batch(prefix.key, batch).astype(k.dtype).transpose(0, 2, 1, 3)   # [B,L,H,d]
+    pv = _broadcast_batch(prefix.value, batch).astype(v.dtype).transpose(0, 2, 1, 3)
+    k, v = jnp.concatenate([pk, k], axis=1), jnp.concatenate([pv, v], axis=1)
+  return jax.nn.dot_product_attention(q, k, v, scale=scale)
+
+
 def attend(q, k, v, scale, prefix: Optional[PrefixLike] = None):
   """Attention of queries q over [prefix; k, v]. q, k, v: [B,H,N,d].
 

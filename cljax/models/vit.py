@@ -99,16 +99,22 @@ def layer_norm(name: str, epsilon: float = 1e-6, dtype=None):
 class Attention(nn.Module):
   num_heads: int
   dtype: Any = jnp.float32
+  attention: str = 'explicit'    # 'fused': jax.nn.dot_product_attention where exact (prefix.fusable)
 
   @nn.compact
   def __call__(self, x, prefix=None):
     batch, tokens, dim = x.shape
     head_dim = dim // self.num_heads
     qkv = nn.Dense(3 * dim, kernel_init=_trunc_normal, dtype=self.dtype, name='qkv')(x)
-    qkv = qkv.reshape(batch, tokens, 3, self.num_heads, head_dim).transpose(2, 0, 3, 1, 4)
-    q, k, v = qkv[0], qkv[1], qkv[2]                               # [B,H,N,d]
-    out, aux = prefix_lib.attend(q, k, v, head_dim ** -0.5, prefix)
-    out = out.transpose(0, 2, 1, 3).reshape(batch, tokens, dim)
+    qkv = qkv.reshape(batch, tokens, 3, self.num_heads, head_dim)
+    if self.attention == 'fused' and prefix_lib.fusable(prefix):
+      out, aux = prefix_lib.attend_fused(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], head_dim ** -0.5, prefix), {}
+    else:
+      qkv = qkv.transpose(2, 0, 3, 1, 4)
+      q, k, v = qkv[0], qkv[1], qkv[2]                             # [B,H,N,d]
+      out, aux = prefix_lib.attend(q, k, v, head_dim ** -0.5, prefix)
+      out = out.transpose(0, 2, 1, 3)
+    out = out.reshape(batch, tokens, dim)
     return nn.Dense(dim, kernel_init=_trunc_normal, dtype=self.dtype, name='proj')(out), aux
 
 
@@ -140,10 +146,11 @@ class Block(nn.Module):
   num_heads: int
   mlp_hidden: int
   dtype: Any = jnp.float32
+  attention: str = 'explicit'
 
   @nn.compact
   def __call__(self, x, prefix=None):
-    y, aux = Attention(self.num_heads, self.dtype, name='attn')(
+    y, aux = Attention(self.num_heads, self.dtype, self.attention, name='attn')(
         layer_norm('norm1', dtype=self.dtype)(x), prefix)
     x = x + y
     x = x + Mlp(self.mlp_hidden, self.dtype, name='mlp')(layer_norm('norm2', dtype=self.dtype)(x))
@@ -158,6 +165,7 @@ class VisionTransformer(nn.Module):
   """
   config: ViTConfig
   dtype: Any = jnp.float32   # compute dtype; params are always float32
+  attention: str = 'explicit'   # see Attention
 
   @nn.compact
   def __call__(self, images, prefixes: Optional[Mapping[int, Any]] = None,
@@ -185,7 +193,7 @@ class VisionTransformer(nn.Module):
         tokens = jnp.broadcast_to(prompt_tokens[i], (batch,) + prompt_tokens[i].shape[1:])
         x = jnp.concatenate([tokens.astype(x.dtype), x], axis=1)
         num_prepended += tokens.shape[1]
-      x, aux = Block(cfg.num_heads, int(cfg.embed_dim * cfg.mlp_ratio), self.dtype,
+      x, aux = Block(cfg.num_heads, int(cfg.embed_dim * cfg.mlp_ratio), self.dtype, self.attention,
                      name=f'blocks_{i}')(x, prefixes.get(i))
       if aux:
         router[i] = aux

@@ -1,0 +1,46 @@
+"""scripts/benchmark.py --quick runs and writes its table (structure only: timings are measured
+by the script, never asserted in tests)."""
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+pytest.importorskip('torch')
+
+SCRIPT = os.path.join(os.path.dirname(__file__), '..', 'scripts', 'benchmark.py')
+
+
+def load_script():
+  spec = importlib.util.spec_from_file_location('cljax_benchmark_script', SCRIPT)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_quick_benchmark_writes_its_table(tmp_path):
+  bench = load_script()
+  rows = bench.main(['--quick', '--out-dir', str(tmp_path), '--tag', '_test'])
+  assert [r['step'] for r in rows] == ['tii train', 'train', 'eval']
+  for r in rows:
+    assert r['method'] == 'norga' and r['model'] == 'vit_ti16'
+    assert r['img_s'] > 0 and r['torch_img_s'] > 0 and r['flops'] > 0 and r['compile_s'] > 0
+  name = next(n for n in os.listdir(tmp_path) if n.endswith('_test.md'))
+  text = (tmp_path / name).read_text()
+  header = next(l for l in text.splitlines() if l.startswith('| model'))
+  assert header.split('|')[1:-1] == [' model ', ' method ', ' step ', ' cljax img/s ', ' PyTorch img/s ',
+                                     ' ratio ', ' cljax compile s ', ' GFLOP/step ', ' MFU ']
+  assert sum(l.startswith('| vit_ti16 | NoRGa |') for l in text.splitlines()) == 3
+  saved = json.loads((tmp_path / name.replace('.md', '.json')).read_text())
+  assert len(saved['rows']) == 3 and saved['batch'] == 8
+
+
+def test_projection_counts_images_of_a_run():
+  bench = load_script()
+  rates = {'task_identity': {'train': 100.0, 'ca_s': 0.0}, 'prompt': {'train': 10.0, 'forward': 50.0, 'ca_s': 0.0}}
+  _, seconds, parts = bench.projection('norga', rates, 'imr')
+  # Split ImageNet-R NoRGa (Sup-21K): stage 1 20 epochs, prompts 150 epochs over 24,000 images.
+  assert parts['task_identity']['images_trained'] == pytest.approx(20 * 24000)
+  assert parts['prompt']['images_trained'] == pytest.approx(150 * 24000)
+  assert seconds > 150 * 24000 / 10.0

@@ -123,6 +123,8 @@ def test_coda_gram_schmidt_components_and_freezing():
   assert np.abs(g[:2]).max() == 0 and np.abs(g[2:4]).max() > 0 and np.abs(g[4:]).max() == 0
   gk = np.asarray(grads['prompts']['prompt']['e_k_0'])
   assert np.isfinite(gk).all() and np.abs(gk[4:]).max() == 0
+  ga = np.asarray(grads['prompts']['prompt']['e_a_0'])      # zero rows of later tasks: no NaN
+  assert np.isfinite(ga).all() and np.abs(ga[4:]).max() == 0 and np.abs(ga[2:4]).max() > 0
 
 
 @pytest.mark.parametrize('name', ['l2p', 'sprompt'])

@@ -96,9 +96,11 @@ def build(config, vit_cfg, num_classes: int, num_tasks: int) -> Method:
       if train:
         K, A, P = (jnp.where(old.reshape((-1,) + (1,) * (x.ndim - 1)), jax.lax.stop_gradient(x), x)
                    for x in (K, A, P))
-      # Unused rows are zero: keep their normalisation finite, then drop them.
+      # Unused rows are zero: keep their normalisation (and its gradient, NaN at 0) finite, then
+      # drop them; otherwise the optimizer writes NaN into the rows of later tasks.
       safe_K = jnp.where(used[:, None], K, 1.0)
-      weights = jnp.einsum('bkd,kd->bk', normalize(q[:, None, :] * A[None], axis=2), normalize(safe_K))
+      safe_A = jnp.where(used[:, None], A, 1.0)
+      weights = jnp.einsum('bkd,kd->bk', normalize(q[:, None, :] * safe_A[None], axis=2), normalize(safe_K))
       weights = jnp.where(used[None], weights, 0.0)
       mixed = jnp.einsum('bk,kld->bld', weights, P)                 # [B, L, D]
       half = length // 2

@@ -293,10 +293,11 @@ class Experiment:
       start, iteration = time.time(), position['iteration'] if position else 0
       tag = f'[{stage.name}{"/" + phase.name if phase.name != "train" else ""}]'
       global_step = self._global_step(stage, t, p_index, n_batches)
+      phase_images, epochs_here = 0, 0    # trained in this phase by this invocation (img/s, ETA)
       for epoch in range(epochs):
         if position and epoch < position['epoch']:
           continue
-        sums, count, first, epoch_start = {}, 0, 0, time.time()
+        sums, count, first, epoch_start, epoch_images = {}, 0, 0, time.time(), 0
         if position:    # the checkpoint's epoch: its running sums, then its remaining batches
           sums = {k: jnp.asarray(v) for k, v in progress['sums'].items()}
           count, first, position = position['count'], position['batch'], None
@@ -320,17 +321,18 @@ class Experiment:
             save(done, {'params': params, 'opt_state': jax.tree.leaves(opt_state),
                         'method_state': method_state, 'sums': sums,
                         'position': np.array([p_index, epoch, b + 1, iteration, count], np.int64)})
+          epoch_images = min(len(indices), (b + 1) * c.batch_size) - first * c.batch_size
           self.run_log.progress(
               f'{tag} task {t + 1}/{self.num_tasks} epoch {epoch + 1}/{epochs}', b + 1, n_batches,
-              epoch_start, {k: m[k] for k in ('loss', 'accuracy') if k in m},
-              images=min(len(indices), (b + 1) * c.batch_size) - first * c.batch_size,
+              epoch_start, {k: m[k] for k in ('loss', 'accuracy') if k in m}, images=epoch_images,
               force=bool(c.log_every_steps) and (b + 1) % c.log_every_steps == 0)
         check_finite(losses, params, **where)
         host = {k: float(v) / max(count, 1) for k, v in sums.items()}
         lr = lr_at(iteration - 1)    # the last step's (also when resumed at the epoch's end)
+        phase_images, epochs_here = phase_images + epoch_images, epochs_here + 1
         elapsed = time.time() - start
-        rate = min(len(indices), count * c.batch_size) * (epoch + 1) / max(elapsed, 1e-9)
-        eta = elapsed / (epoch + 1) * (epochs - epoch - 1)
+        rate = phase_images / max(elapsed, 1e-9)
+        eta = elapsed / epochs_here * (epochs - epoch - 1)
         self._log(f'  {tag} task {t + 1}/{self.num_tasks} epoch {epoch + 1}/{epochs} lr {lr:.2e} '
                   + ' '.join(f'{k} {v:.4f}' for k, v in sorted(host.items(), key=lambda kv: kv[0] != 'loss'))
                   + f' | {rate:.0f} img/s, eta {eta:.0f}s')

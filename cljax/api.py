@@ -11,7 +11,7 @@
   gelu = api.with_activation(setup, 'gelu')             # same params pytree, another NoRGa gate
 
 Everything here is built from the pieces the trainer uses (`cljax.continual.trainer.Experiment`
-builds the method and loads the backbone, `Method.loss` is the loss, `cljax.optim` the update),
+builds the method and loads the backbone, `trainer.train_step_fn` is the training step),
 so a notebook experiment is the same model as a full run. The trainer adds what a paper run
 needs on top: stage 1, schedules, class statistics and alignment, checkpoints, evaluation.
 """
@@ -27,7 +27,6 @@ import numpy as np
 
 from cljax import config as config_lib
 from cljax import methods as methods_lib
-from cljax import optim
 from cljax.data import pipeline
 from cljax.errors import ConfigError
 from cljax.methods.base import Method
@@ -65,26 +64,20 @@ def init(setup: Setup, rng):
 
 def init_optimizer(setup: Setup, params):
   """The optimizer state for params, as config.prompt asks (Adam, SGD, AdamW; clipping)."""
-  return _transform(setup).init(params)
-
-
-def _transform(setup: Setup):
-  cfg = setup.config.prompt
-  return optim.transform(cfg.optimizer, cfg.clip_grad, weight_decay=cfg.get('weight_decay', 0.0))
+  from cljax.continual.trainer import optimizer  # pylint: disable=g-import-not-at-top
+  return optimizer(setup.config.prompt).init(params)
 
 
 def context(setup: Setup, task: int, stats=None) -> Dict[str, Any]:
   """What the loss sees besides the batch: task and seen-class masks, stored class means (none
   unless `stats`, a `ClassStats`, is given)."""
   from cljax.continual.alignment import ClassStats  # pylint: disable=g-import-not-at-top
+  from cljax.continual.trainer import step_context  # pylint: disable=g-import-not-at-top
   c = setup.config
   if stats is None:
     stats = ClassStats.empty(setup.num_classes, setup.vit.embed_dim, c.statistics.method,
                              c.statistics.n_centroids)
-  split = _split(setup)
-  means, valid = stats.means()
-  return {'task_mask': jnp.asarray(split.task_mask(task)), 'seen_mask': jnp.asarray(split.seen_mask(task)),
-          'means': jnp.asarray(means), 'means_valid': jnp.asarray(valid)}
+  return step_context(_split(setup), stats, task)
 
 
 def _split(setup: Setup):
@@ -109,25 +102,21 @@ def train_step(setup: Setup, backbone, task: int = 0, method_state=None, lr: Opt
   is constant (default: config.prompt.lr with the config's batch scaling); per-group
   multipliers (frozen NoRGa scalars after task 0, head at 0.1 x lr, ...) come from the method.
   """
+  from cljax.continual.trainer import optimizer, train_step_fn  # pylint: disable=g-import-not-at-top
   method, c = setup.method, setup.config
-  tx = _transform(setup)
   lr = c.prompt.lr * config_lib.lr_scale(c) if lr is None else lr
   method_state = method.init_state() if method_state is None else method_state
   ctx = context(setup, task) if ctx is None else ctx
   t = jnp.asarray(task, jnp.int32)
-
-  @jax.jit
-  def step(params, opt_state, backbone, method_state, ctx, images, labels, mask):
-    (loss, aux), grads = jax.value_and_grad(method.loss, has_aux=True)(
-        params, method_state, backbone, images, labels, mask, t, ctx)
-    lr_tree = jax.tree.map(jnp.float32, method.lr_multipliers(params, task))
-    params, opt_state = optim.apply(tx, grads, opt_state, params, lr_tree, jnp.float32(lr))
-    return params, opt_state, {'loss': loss, **aux}
+  # The trainer's own step, jitted without buffer donation: a notebook may keep old params.
+  step = jax.jit(train_step_fn(method, optimizer(c.prompt)))
 
   def train(params, opt_state, batch):
     images, labels, mask = _unpack(batch)
+    lr_tree = jax.tree.map(jnp.float32, method.lr_multipliers(params, task))
     # Backbone and bookkeeping travel as arguments, not as constants folded into the program.
-    return step(params, opt_state, backbone, method_state, ctx, images, labels, mask)
+    return step(params, opt_state, method_state, backbone, images, labels, mask, t, ctx,
+                jnp.float32(lr), lr_tree)
   return train
 
 

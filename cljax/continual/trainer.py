@@ -62,6 +62,32 @@ def check_finite(losses, params, stage: str, task: int, epoch: int, epochs: int,
       f'last good checkpoint; lower config.{stage}.lr (or check the inputs) and rerun')
 
 
+def optimizer(cfg):
+  """The optax transform of a stage config (config.task_identity or config.prompt)."""
+  return optim.transform(cfg.optimizer, cfg.clip_grad, weight_decay=cfg.get('weight_decay', 0.0))
+
+
+def train_step_fn(method, tx):
+  """The pure training step of a method: (params, opt_state, method_state, backbone, images,
+  labels, mask, t, context, lr, lr_tree, flags) -> (params, opt_state, metrics). The trainer jits
+  it with buffer donation, `cljax.api` without."""
+  def train_step(params, opt_state, method_state, backbone, images, labels, mask, t, context, lr,
+                 lr_tree, flags=()):
+    (loss, aux), grads = jax.value_and_grad(method.loss, has_aux=True)(
+        params, method_state, backbone, images, labels, mask, t, context, **dict(flags))
+    params, opt_state = optim.apply(tx, grads, opt_state, params, lr_tree, lr)
+    return params, opt_state, {'loss': loss, **aux}
+  return train_step
+
+
+def step_context(split, stats, t: int):
+  """What a method's loss reads besides the batch: task t's and the seen classes' masks, and
+  the stored class means."""
+  means, valid = stats.means()
+  return {'task_mask': jnp.asarray(split.task_mask(t)), 'seen_mask': jnp.asarray(split.seen_mask(t)),
+          'means': jnp.asarray(means), 'means_valid': jnp.asarray(valid)}
+
+
 @dataclasses.dataclass
 class StageSetup:
   """What differs between the task-identity stage and the method's stage."""
@@ -171,16 +197,9 @@ class Experiment:
     if stage.name in self._jitted:
       return self._jitted[stage.name]
     method, cfg = stage.method, stage.cfg
-    tx = optim.transform(cfg.optimizer, cfg.clip_grad, weight_decay=cfg.get('weight_decay', 0.0))
+    tx = optimizer(cfg)
     ca_tx = optim.transform(cfg.get('ca_optimizer', 'sgd'), 0.0,
                             weight_decay=cfg.get('ca_weight_decay', 0.0))
-
-    def train_step(params, opt_state, method_state, backbone, images, labels, mask, t, context, lr,
-                   lr_tree, flags=()):
-      (loss, aux), grads = jax.value_and_grad(method.loss, has_aux=True)(
-          params, method_state, backbone, images, labels, mask, t, context, **dict(flags))
-      params, opt_state = optim.apply(tx, grads, opt_state, params, lr_tree, lr)
-      return params, opt_state, {'loss': loss, **aux}
 
     def ca_step(params, opt_state, x, y, seen, lr, lr_tree):
       def loss_fn(p):
@@ -192,7 +211,7 @@ class Experiment:
 
     steps = {
         'tx': tx, 'ca_tx': ca_tx,
-        'train': jax.jit(train_step, donate_argnums=(0, 1), static_argnames=('flags',)),
+        'train': jax.jit(train_step_fn(method, tx), donate_argnums=(0, 1), static_argnames=('flags',)),
         'ca': jax.jit(ca_step, donate_argnums=(0, 1)),
         'features': jax.jit(method.features),
         'predict': jax.jit(method.predict),
@@ -246,10 +265,7 @@ class Experiment:
     return pipeline.prefetch(self._limit(it, start_batch), self.data_sharding)
 
   def _context(self, stage_state, t: int):
-    means, valid = stage_state['stats'].means()
-    return {'task_mask': jnp.asarray(self.split.task_mask(t)),
-            'seen_mask': jnp.asarray(self.split.seen_mask(t)),
-            'means': jnp.asarray(means), 'means_valid': jnp.asarray(valid)}
+    return step_context(self.split, stage_state['stats'], t)
 
   def train_stage(self, stage: StageSetup, stage_state, t: int, resume=None, save=None):
     """Train a stage's params on task t; returns the updated stage state.

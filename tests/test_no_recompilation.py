@@ -27,3 +27,52 @@ def test_train_and_eval_steps_compile_once_across_tasks(method):
   for seed in range(2):
     jax.block_until_ready(evaluate(*step_inputs.eval_args(exp, 4, concrete=True, seed=seed)))
   assert evaluate._cache_size() == 1
+
+
+def dry_run_experiment(tmp_path, **prompt):
+  c = config_lib.demo('norga')
+  c.dry_run = True
+  c.batch_size = c.eval_batch_size = 8
+  c.prompt.update(**prompt)
+  return trainer.Experiment(c, str(tmp_path), verbose=False)
+
+
+@pytest.mark.parametrize('reuse_features', [False, True])
+def test_a_run_compiles_each_step_once(tmp_path, reuse_features):
+  # Through the trainer's own loop: a freshly initialised optimizer state placed otherwise than
+  # the step's outputs once made every stage compile its training step twice.
+  exp = dry_run_experiment(tmp_path)
+  exp.config.task_identity.reuse_features = reuse_features
+  exp.config.stop_after_task = 3
+  exp.run()
+  for stage in exp.stages:
+    for name in ('train', 'ca'):
+      assert exp._jitted[stage.name][name]._cache_size() == 1, (stage.name, name)
+  # One jitted `alignment.sample` (a shared cache) per samples-per-class value.
+  assert exp._jitted['prompt']['sample']._cache_size() == len({s.ca_samples for s in exp.stages})
+  evals = [k for k in exp._jitted if k.startswith(('eval/', 'frozen_features/'))]
+  assert len(evals) >= 3
+  for key in evals:
+    assert exp._jitted[key]._cache_size() == 1, key
+
+
+def test_cached_test_features_give_the_same_evaluation(tmp_path):
+  # The run evaluates from the frozen test features it keeps (Experiment._test_features); the
+  # whole test-time path (what benchmarks time) must give the same numbers.
+  exp = dry_run_experiment(tmp_path)
+  state = exp.initial_state()
+  seen = jax.numpy.asarray(exp.split.seen_mask(2))
+  class_to_task = jax.numpy.asarray(exp.split.class_to_task)
+  for per_example in (False, True):
+    step = exp._eval_step('prompt', per_example)
+    for i in range(3):
+      cached = exp._test_features(i)
+      batches = exp._batches(exp.data.test.indices_of(exp.split.tasks[i]), False, (0,), False,
+                             exp.config.eval_batch_size)
+      for b, batch in enumerate(batches):
+        args = (state['prompt']['params'], state['prompt']['method_state'],
+                state['task_identity']['params'], exp.backbone, batch.images, batch.labels,
+                batch.mask, seen, class_to_task)
+        whole = [int(x) for x in step(*args)]
+        assert whole == [int(x) for x in step(*args, cached[b][2])], (i, b)
+  assert len(exp._test_cache) == 3

@@ -65,6 +65,26 @@ def test_interrupted_then_resumed_run_is_identical(full_run, tmp_path, data_dir)
   assert resumed['task_identity_matrix'] == results['task_identity_matrix']
 
 
+def test_reused_stage1_features_change_nothing_without_augmentation(full_run, tmp_path, data_dir):
+  # The demo turns config.task_identity.reuse_features on: its transform has no augmentation,
+  # so stage 1 trained on features computed once must match per-epoch forward passes.
+  workdir, results = full_run
+  c = tiny_config(data_dir)
+  assert c.task_identity.reuse_features
+  c.task_identity.reuse_features = False
+  c.stop_after_task = 2
+  other = trainer.run(c, str(tmp_path))
+  for key in ('accuracy_matrix', 'stage1_task_identity_accuracy', 'task_identity_matrix'):
+    np.testing.assert_allclose(np.array(other[key])[:, :2], np.array(results[key])[:, :2], atol=1e-4)
+  stage1 = lambda path: [json.loads(l) for l in open(os.path.join(path, 'metrics.jsonl'))
+                         if '"loss"' in l and '"task_identity"' in l and '"alignment"' not in l]
+  reused, per_epoch = stage1(workdir)[:6], stage1(str(tmp_path))
+  assert len(per_epoch) == len(reused) == 6    # 2 tasks x 3 epochs
+  for a, b in zip(reused, per_epoch):
+    assert (a['task'], a['epoch']) == (b['task'], b['epoch'])
+    assert abs(a['loss'] - b['loss']) <= 1e-5 * max(1.0, abs(a['loss'])), (a, b)
+
+
 def test_finished_run_is_not_retrained(full_run, data_dir):
   workdir, results = full_run
   before = open(os.path.join(workdir, 'metrics.jsonl')).read()

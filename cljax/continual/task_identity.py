@@ -27,12 +27,14 @@ def frozen_backbone_classifier(name: str, config, vit_cfg, num_classes: int, mlp
   def init(rng):
     return model.init_trainable(rng)
 
-  def loss(params, state, backbone, images, labels, mask, t, context):
-    full = {'backbone': backbone, **params}
-    pre, _ = model.features(full, images)
-    logits = mask_logits(model.logits(full, pre), context['task_mask'])
+  def head_loss(params, state, pre, labels, mask, t, context):
+    logits = mask_logits(model.logits(params, pre), context['task_mask'])
     ce = cross_entropy(logits, labels, mask)
     return ce, {'ce': ce, 'accuracy': accuracy(logits, labels, mask)}
+
+  def loss(params, state, backbone, images, labels, mask, t, context):
+    pre, _ = model.features({'backbone': backbone}, images)
+    return head_loss(params, state, pre, labels, mask, t, context)
 
   def features(params, state, backbone, images, t, mask):
     return model.features({'backbone': backbone, **params}, images)[0]
@@ -42,7 +44,7 @@ def frozen_backbone_classifier(name: str, config, vit_cfg, num_classes: int, mlp
     return model.logits(full, model.features(full, images)[0]), prompt_ids
 
   return Method(name, model, init, lambda p, t: jax.tree.map(lambda _: 1.0, p), loss,
-                features, predict, **method_options)
+                features, predict, head_loss=head_loss, **method_options)
 
 
 def build(config, vit_cfg, num_classes: int) -> Method:

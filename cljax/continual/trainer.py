@@ -43,6 +43,12 @@ from cljax.methods.base import cross_entropy, mask_logits
 POSITION = ('phase', 'epoch', 'batch', 'iteration', 'count')
 
 
+@jax.jit
+def _all_finite(tree):
+  """One compiled reduction per params structure (not one small program per leaf)."""
+  return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]))
+
+
 def check_finite(losses, params, stage: str, task: int, epoch: int, epochs: int, n_batches: int):
   """Raise TrainingDivergedError naming the first step whose loss (or the params after the last
   step) is NaN/Inf; returns [] (nothing left to check). One device sync, at checkpoints and
@@ -53,7 +59,7 @@ def check_finite(losses, params, stage: str, task: int, epoch: int, epochs: int,
   bad = np.flatnonzero(~np.isfinite(values))
   what = f'loss ({values[bad[0]]})' if bad.size else 'parameters'
   if not bad.size:
-    if bool(jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(params)]))):
+    if bool(_all_finite(params)):
       return []
     bad = [len(losses) - 1]
   raise TrainingDivergedError(
@@ -145,6 +151,8 @@ class Experiment:
                         f'config expects {self.num_classes}')
     self.split = self.data.split if self.data else None
     self._jitted = {}
+    self._test_cache = {}    # task -> its test batches' frozen features (`_test_features`)
+    self._stage_features = {}   # stage -> (task, features, labels) (`_frozen_train_features`)
 
   # --------------------------------------------------------------------------- setup
 
@@ -209,6 +217,9 @@ class Experiment:
       params, opt_state = optim.apply(ca_tx, grads, opt_state, params, lr_tree, lr)
       return params, opt_state, loss
 
+    if self._reuses_features(stage):   # the step's "images" are the frozen features
+      on_features = lambda p, s, backbone, feats, *rest: method.head_loss(p, s, feats, *rest)
+      method = dataclasses.replace(method, loss=on_features)
     steps = {
         'tx': tx, 'ca_tx': ca_tx,
         'train': jax.jit(train_step_fn(method, tx), donate_argnums=(0, 1), static_argnames=('flags',)),
@@ -219,6 +230,32 @@ class Experiment:
     }
     self._jitted[stage.name] = steps
     return steps
+
+  def _reuses_features(self, stage: StageSetup) -> bool:
+    return bool(stage.cfg.get('reuse_features', False)) and stage.method.head_loss is not None
+
+  def _frozen_features(self, stage: StageSetup):
+    """The jitted (backbone, images) -> pooled features of a frozen-backbone stage (the
+    task-identity model): what its head reads, whatever the head's params."""
+    key = f'frozen_features/{stage.name}'
+    if key not in self._jitted:
+      model = stage.method.model
+      self._jitted[key] = jax.jit(lambda backbone, images: model.features({'backbone': backbone}, images)[0])
+    return self._jitted[key]
+
+  def _frozen_train_features(self, stage: StageSetup, t: int):
+    """(features [n, D], labels [n]) of task t's training images in index order, test transform,
+    computed once per task: with reuse_features, what stage 1 trains on and summarises."""
+    if self._stage_features.get(stage.name, (None,))[0] != t:
+      features = self._frozen_features(stage)
+      indices = self.data.train.indices_of(self.split.tasks[t])
+      feats, labels = [], []
+      for batch in self._train_batches(indices, False, (self.config.seed, 9, t), shuffle=False):
+        keep = parallel.to_host(batch.mask)
+        feats.append(parallel.to_host(features(self.backbone, batch.images)).astype(np.float32)[keep])
+        labels.append(parallel.to_host(batch.labels)[keep])
+      self._stage_features[stage.name] = (t, np.concatenate(feats), np.concatenate(labels))
+    return self._stage_features[stage.name][1:]
 
   # --------------------------------------------------------------------------- state
 
@@ -288,6 +325,7 @@ class Experiment:
       position = dict(zip(POSITION, (int(v) for v in progress['position'])))
     indices = self.data.train.indices_of(self.split.tasks[t])
     n_batches = pipeline.num_batches(len(indices), c.batch_size)
+    reuse = self._reuses_features(stage)
     if c.dry_run:
       n_batches = min(n_batches, c.dry_run_steps)
     context = self._context(stage_state, t)
@@ -298,7 +336,9 @@ class Experiment:
         continue
       epochs = min(phase.epochs, 1) if c.dry_run else phase.epochs
       params = jax.device_put(params, self.replicated)
-      opt_state = steps['tx'].init(params)     # the references re-create the optimizer every task
+      # The references re-create the optimizer every task. Placed as the step's outputs are, so
+      # the second step does not compile the step again for another sharding of the state.
+      opt_state = jax.device_put(steps['tx'].init(params), self.replicated)
       if position:
         opt_state = jax.device_put(jax.tree.unflatten(jax.tree.structure(opt_state),
                                                       progress['opt_state']), self.replicated)
@@ -320,8 +360,14 @@ class Experiment:
         seed = (c.seed, stage_id, t, p_index, epoch)
         losses = []     # (batch, loss) not yet checked for NaN/Inf
         where = dict(stage=stage.name, task=t, epoch=epoch, epochs=epochs, n_batches=n_batches)
-        for b, batch in enumerate(self._train_batches(indices, True, seed, shuffle=True, start_batch=first),
-                                  start=first):
+        if reuse:
+          feats, labels = self._frozen_train_features(stage, t)
+          batches = pipeline.prefetch(self._limit(pipeline.feature_batches(
+              feats, labels, c.batch_size, seed, shuffle=True, start_batch=first,
+              rows=parallel.host_rows(c.batch_size)), first), self.data_sharding)
+        else:
+          batches = self._train_batches(indices, True, seed, shuffle=True, start_batch=first)
+        for b, batch in enumerate(batches, start=first):
           lr = lr_at(iteration)
           params, opt_state, m = steps['train'](params, opt_state, method_state, self.backbone,
                                                 batch.images, batch.labels, batch.mask, t_arr,
@@ -392,13 +438,16 @@ class Experiment:
     feats, labels = [], []
     t_arr = jnp.asarray(t, jnp.int32)
     train_tf = stage.method.statistics_train_transform
-    for batch in self._train_batches(indices, train_tf, (c.seed, 9, t), shuffle=train_tf):
-      f = steps['features'](stage_state['params'], stage_state['method_state'], self.backbone,
-                            batch.images, t_arr, batch.mask)
-      keep = parallel.to_host(batch.mask)
-      feats.append(parallel.to_host(f).astype(np.float32)[keep])
-      labels.append(parallel.to_host(batch.labels)[keep])
-    feats, labels = np.concatenate(feats), np.concatenate(labels)
+    if self._reuses_features(stage):   # the very features stage 1 just trained on
+      feats, labels = self._frozen_train_features(stage, t)
+    else:
+      for batch in self._train_batches(indices, train_tf, (c.seed, 9, t), shuffle=train_tf):
+        f = steps['features'](stage_state['params'], stage_state['method_state'], self.backbone,
+                              batch.images, t_arr, batch.mask)
+        keep = parallel.to_host(batch.mask)
+        feats.append(parallel.to_host(f).astype(np.float32)[keep])
+        labels.append(parallel.to_host(batch.labels)[keep])
+      feats, labels = np.concatenate(feats), np.concatenate(labels)
     classes = [k for k in self.split.tasks[t] if (labels == k).any()]
     stats = alignment.update_statistics(stage_state['stats'], feats, labels, classes,
                                         c.statistics.n_centroids, c.seed)
@@ -469,10 +518,14 @@ class Experiment:
     tii = next((s.method for s in self.stages if s.name == 'task_identity'), None)
     mask_test = self.config.mask_test_logits or method.mask_test_logits
 
-    def step(params, method_state, tii_params, backbone, images, labels, mask, seen, class_to_task):
+    def step(params, method_state, tii_params, backbone, images, labels, mask, seen, class_to_task,
+             tii_features=None):
       ids = jnp.zeros_like(labels)
       if tii is not None:
-        tii_logits, _ = tii.predict(tii_params, {}, backbone, images, ids, mask)
+        if tii_features is None:    # the whole test-time path (benchmarks, compute report)
+          tii_logits, _ = tii.predict(tii_params, {}, backbone, images, ids, mask)
+        else:                       # the run's cached frozen features (exact, `_test_features`)
+          tii_logits = tii.model.logits({'backbone': backbone, **tii_params}, tii_features)
         ids = task_identity.predict_task(tii_logits, seen, class_to_task)
       task = class_to_task[labels]
       if stage_name == 'task_identity':
@@ -509,16 +562,38 @@ class Experiment:
     method_state = state[stage_name]['method_state']
     acc, task_acc, acc_own = np.zeros(t + 1), np.zeros(t + 1), np.zeros(t + 1)
     for i in range(t + 1):
-      indices = self.data.test.indices_of(self.split.tasks[i])
+      cached = self._test_features(i) if tii_params is not None else None
+      if stage_name == 'task_identity':    # the stage-1 head alone needs no image
+        batches = (pipeline.Batch(None, labels, mask) for labels, mask, _ in cached)
+      else:
+        batches = self._batches(self.data.test.indices_of(self.split.tasks[i]), False, (0,), False,
+                                c.eval_batch_size)
       sums = []
-      for batch in self._batches(indices, False, (0,), False, c.eval_batch_size):
+      for b, batch in enumerate(batches):
         sums.append(step(params, method_state, tii_params, self.backbone, batch.images,
-                         batch.labels, batch.mask, seen, class_to_task))
+                         batch.labels, batch.mask, seen, class_to_task,
+                         None if cached is None else cached[b][2]))
       correct, task_correct, total, own = (sum(int(x[k]) for x in sums) for k in range(4))
       acc[i] = 100.0 * correct / max(total, 1)
       task_acc[i] = 100.0 * task_correct / max(total, 1)
       acc_own[i] = 100.0 * own / max(total, 1)
     return (acc, task_acc, acc_own) if per_example else (acc, task_acc)
+
+  def _test_features(self, i: int):
+    """[(labels, mask, frozen features)] per test batch of task i, computed once per run.
+
+    The task-identity model reads the frozen backbone's features of the test images; neither
+    the backbone nor the test transform changes during a run, so every evaluation after the
+    first reuses them (exact: the same jitted computation on the same batches) instead of
+    running the backbone again: the stage-1 evaluations then cost a head, and each prompt-stage
+    evaluation one prompted forward instead of two."""
+    if i not in self._test_cache:
+      features = self._frozen_features(next(s for s in self.stages if s.name == 'task_identity'))
+      indices = self.data.test.indices_of(self.split.tasks[i])
+      self._test_cache[i] = [(batch.labels, batch.mask, features(self.backbone, batch.images))
+                             for batch in self._batches(indices, False, (0,), False,
+                                                        self.config.eval_batch_size)]
+    return self._test_cache[i]
 
   # --------------------------------------------------------------------------- run
 

@@ -83,6 +83,28 @@ def batches(dataset, indices, batch_size: int, image_size: int, train: bool,
     yield Batch(out, labels, mask)
 
 
+def feature_batches(features: np.ndarray, labels: np.ndarray, batch_size: int,
+                    seed: Sequence[int] = (0,), shuffle: bool = False, start_batch: int = 0,
+                    rows: Optional[tuple] = None) -> Iterator[Batch]:
+  """`batches` over precomputed features [n, D] (in ``images``): the same order for the same
+  seed (the permutation of positions that `epoch_order` applies to a task's indices), padding
+  and mask."""
+  order = epoch_order(np.arange(len(features)), seed, shuffle)
+  start, end = rows or (0, batch_size)
+  for b in range(start_batch, num_batches(len(order), batch_size)):
+    positions = np.arange(b * batch_size + start, b * batch_size + end)
+    real = positions < len(order)
+    chunk = order[positions[real]]
+    n, size = len(chunk), end - start
+    out = np.zeros((size,) + features.shape[1:], features.dtype)
+    out[:n] = features[chunk]
+    batch_labels = np.zeros(size, np.int32)
+    batch_labels[:n] = labels[chunk]
+    mask = np.zeros(size, bool)
+    mask[:n] = True
+    yield Batch(out, batch_labels, mask)
+
+
 def to_device(batch: Batch, sharding) -> Batch:
   """A global batch from this host's rows (see `cljax.parallel.put`)."""
   from cljax import parallel  # pylint: disable=g-import-not-at-top

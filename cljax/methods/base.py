@@ -73,6 +73,10 @@ class Method:
   predict_per_example: Optional[Callable] = None
   chooses_prompts: bool = False        # predict returns a task/pool id per example (scored as
                                        # task-identity accuracy; SMoPE, CODA use no such id)
+  # Methods on a frozen backbone (the task-identity model): loss from precomputed features,
+  # head_loss(params, state, features, labels, mask, t, context) -> (loss, metrics), so a stage
+  # can train on features computed once (config.task_identity.reuse_features).
+  head_loss: Optional[Callable] = None
 
   def training_phases(self, t: int, epochs: int) -> Sequence[Phase]:
     return self.phases(t, epochs) if self.phases else [Phase('train', epochs)]

@@ -27,6 +27,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -68,19 +69,43 @@ def command(side: str, config: str, workdir: str, overrides):
   return [sys.executable, *entry, f'--config={config}', f'--workdir={workdir}', *overrides]
 
 
-def stage_seconds_of_cljax(workdir: str):
-  """Seconds per stage (training, statistics, evaluation, alignment, checkpoint) from the
-  trainer's metrics.jsonl."""
-  out = {}
-  path = os.path.join(workdir, 'metrics.jsonl')
-  if not os.path.exists(path):
-    return out
-  with open(path) as f:
-    for line in f:
-      entry = json.loads(line)
-      if entry.get('event') == 'stage_done':
-        out[entry['stage']] = out.get(entry['stage'], 0.0) + entry['seconds']
-  return {k: round(v, 2) for k, v in out.items()}
+TRAIN_PHASE = {'task_identity': 'stage1_train', 'prompt': 'stage2_train'}
+
+
+def cljax_seconds(workdir: str):
+  """(seconds per stage, seconds per phase) of a trainer run, from the timestamps of its
+  metrics.jsonl: a stage starts `seconds` before its stage_done line; its training ends at its
+  task's last epoch line (the first task's includes compiling the step); the rest of the stage
+  is statistics, evaluation, alignment and the checkpoint."""
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    entries = [json.loads(line) for line in f]
+  stages = {}
+  phases = {'stage1_train': 0.0, 'stage2_train': 0.0, 'statistics_evaluation_alignment_checkpoint': 0.0}
+  for done in (e for e in entries if e.get('event') == 'stage_done'):
+    start = done['time'] - done['seconds']
+    epochs = [e['time'] for e in entries if 'phase' in e and e.get('stage') == done['stage']
+              and e.get('task') == done['task']]
+    train = max(epochs) - start if epochs else 0.0
+    stages[done['stage']] = stages.get(done['stage'], 0.0) + done['seconds']
+    phases[TRAIN_PHASE[done['stage']]] += train
+    phases['statistics_evaluation_alignment_checkpoint'] += done['seconds'] - train
+  return ({k: round(v, 2) for k, v in stages.items()}, {k: round(v, 2) for k, v in phases.items()})
+
+
+def busy_cpu_seconds() -> float:
+  """CPU seconds every process of the machine has used since boot (/proc/stat; 0 elsewhere)."""
+  try:
+    with open('/proc/stat') as f:
+      fields = [int(x) for x in f.readline().split()[1:]]
+  except OSError:
+    return 0.0
+  idle = fields[3] + (fields[4] if len(fields) > 4 else 0)    # idle + iowait
+  return (sum(fields[:8]) - idle) / os.sysconf('SC_CLK_TCK')
+
+
+def children_cpu_seconds() -> float:
+  usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return usage.ru_utime + usage.ru_stime
 
 
 def run_once(side: str, args, workdir: str):
@@ -90,13 +115,19 @@ def run_once(side: str, args, workdir: str):
              PYTHONPATH=os.pathsep.join([ROOT] + [p for p in [os.environ.get('PYTHONPATH')] if p]))
   os.makedirs(os.path.dirname(workdir), exist_ok=True)
   log_path = workdir + '.log'
-  load = os.getloadavg()[0]
-  print(f'[{side}] {" ".join(cmd)}  (load average {load:.2f})', flush=True)
+  print(f'[{side}] {" ".join(cmd)}', flush=True)
+  busy, own = busy_cpu_seconds(), children_cpu_seconds()
   start = time.perf_counter()
   with open(log_path, 'w') as log:
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                          timeout=args.timeout, check=False)
+    try:
+      proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            timeout=args.timeout, check=False)
+    except subprocess.TimeoutExpired as e:
+      raise SystemExit(f'error: the {side} run took over {args.timeout:.0f} s (--timeout); log: {log_path}') from e
   wall = time.perf_counter() - start
+  own = children_cpu_seconds() - own
+  # The cores other processes kept busy meanwhile (a shared machine slows either side).
+  others = max(0.0, (busy_cpu_seconds() - busy - own) / wall) if busy else float('nan')
   with open(log_path) as f:
     tail = f.read().splitlines()[-12:]
   if proc.returncode:
@@ -105,19 +136,20 @@ def run_once(side: str, args, workdir: str):
   name = 'results.json' if side == 'cljax' else 'torch_results.json'
   with open(os.path.join(workdir, name)) as f:
     results = json.load(f)
-  row = {'wall_s': round(wall, 2), 'load_before': round(load, 2),
+  row = {'wall_s': round(wall, 2), 'cpu_s': round(own, 1), 'other_cores_busy': round(others, 2),
          'in_run_s': results['seconds_this_invocation'],
+         'before_loop_s': round(wall - results['seconds_this_invocation'], 2),
          **{key: results[key] for key, _ in METRICS},
          'tasks_completed': results['tasks_completed'],
          'accuracy_matrix': results['accuracy_matrix']}
   if side == 'cljax':
-    row['stage_seconds'] = stage_seconds_of_cljax(workdir)
+    row['stage_seconds'], row['phase_seconds'] = cljax_seconds(workdir)
   else:
     row['stage_seconds'] = results['stage_seconds']
     row['phase_seconds'] = results['phase_seconds']
     row['torch_threads'] = results['torch_threads']
-  print(f'[{side}] {wall:.1f} s wall; ' + ', '.join(f'{short} {row[key]:.2f}' for key, short in METRICS),
-        flush=True)
+  print(f'[{side}] {wall:.1f} s wall, {own:.0f} CPU s, other processes {others:.2f} cores; '
+        + ', '.join(f'{short} {row[key]:.2f}' for key, short in METRICS), flush=True)
   return row
 
 
@@ -153,27 +185,32 @@ def report(args, runs, dev: str) -> str:
            f'; {"median of " + str(args.repeats) + " runs each, alternating" if args.repeats > 1 else "one run each"}.',
            f'Command: `{shown_cmd}`', '',
            '| | ' + ' | '.join(NAMES[s] for s in SIDES) + ' |',
-           '|---|---|---|',
-           '| wall seconds, process start to exit | ' + ' | '.join(f"{med[s]['wall_s']:.1f}" for s in SIDES) + ' |',
-           '| seconds inside the run loop | ' + ' | '.join(f"{med[s]['in_run_s']:.1f}" for s in SIDES) + ' |']
+           '|---|---|---|']
+
+  def row(label, get, digits=1):
+    lines.append(f'| {label} | ' + ' | '.join(f'{get(med[s]):.{digits}f}' for s in SIDES) + ' |')
+  row('**wall seconds, process start to exit**', lambda m: m['wall_s'])
+  row('before the task loop (imports, data, backbone, initial weights)', lambda m: m['before_loop_s'])
+  row('stage-1 training, all tasks (cljax: with compiling its step)', lambda m: m['phase_seconds']['stage1_train'])
+  row('stage-2 training, all tasks (cljax: with compiling its step)', lambda m: m['phase_seconds']['stage2_train'])
+  row('statistics, evaluation, alignment (cljax: with their compilation and the checkpoints)',
+      lambda m: m['in_run_s'] - m['phase_seconds']['stage1_train'] - m['phase_seconds']['stage2_train'])
+  row('CPU seconds of the process', lambda m: m['cpu_s'], 0)
+  row('cores other processes kept busy meanwhile', lambda m: m['other_cores_busy'], 2)
   for key, short in METRICS:
-    lines.append(f'| {short} (%) | ' + ' | '.join(f'{med[s][key]:.2f}' for s in SIDES) + ' |')
-  for stage in med['cljax'].get('stage_seconds', {}):
-    lines.append(f'| seconds in the {stage} stages of all tasks (training, statistics, evaluation, '
-                 f'alignment; cljax also its checkpoints) | ' +
-                 ' | '.join(f"{med[s]['stage_seconds'].get(stage, float('nan')):.1f}" for s in SIDES) + ' |')
-  lines.append('| load average before the run | ' + ' | '.join(
-      ', '.join(f"{r['load_before']:.2f}" for r in runs[s]) for s in SIDES) + ' |')
+    row(f'{short} (%)', lambda m, key=key: m[key], 2)
+  p = med['torch']['phase_seconds']
   lines += ['', f'**Ratio (PyTorch wall time / cljax wall time): {ratio:.2f}x** '
             f'({"cljax faster" if ratio > 1 else "PyTorch faster"}).', '',
-            'PyTorch run by phase (seconds, median): ' + ', '.join(
-                f'{k} {v:.1f}' for k, v in med['torch']['phase_seconds'].items()) + '.', '',
-            'The PyTorch side (`scripts/torch_pipeline.py`) mirrors the trainer step for step with '
-            'cljax\'s host code (data, batches and their seeds, class statistics, lr schedules, '
-            'metrics) and initial weights; its alignment draws its Gaussian samples from torch\'s '
-            'generator, so its accuracies differ from cljax\'s by training noise, not by design. '
-            'cljax\'s wall time includes XLA compilation and the Orbax checkpoints, plots and '
-            'TensorBoard events written after every stage (the stage rows include them).']
+            'PyTorch run by phase (seconds): ' + ', '.join(f'{k} {v:.1f}' for k, v in p.items()) + '.',
+            '', 'cljax\'s training seconds come from the timestamps of its metrics.jsonl (a stage starts '
+            'where its stage_done line says; its training ends at its last epoch line). The PyTorch '
+            'side (`scripts/torch_pipeline.py`) mirrors the trainer step for step with cljax\'s host '
+            'code (data, batches and their seeds, class statistics, lr schedules, metrics) and initial '
+            'weights; its alignment draws its Gaussian samples from torch\'s generator, so its '
+            'accuracies differ from cljax\'s by training noise, not by design. cljax\'s time includes '
+            'XLA compilation and the Orbax checkpoints, plots and TensorBoard events written after '
+            'every stage; the PyTorch side compiles nothing and writes only its results.']
   return '\n'.join(lines), med, ratio
 
 

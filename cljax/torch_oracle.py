@@ -134,9 +134,11 @@ class EPrompt(nn.Module):
     if prompt_key:
       self.prompt_key = nn.Parameter(torch.empty(pool, dim).uniform_(-1, 1))
 
-  def batched(self, idx, kv_layout='reference'):
-    """Per-layer prompts for pool indices idx [B, K]."""
-    raw = self.prompt[:, :, idx] if self.prefix else self.prompt[:, idx]
+  def batched(self, idx, kv_layout='reference', pool=None):
+    """Per-layer prompts for pool indices idx [B, K]; ``pool`` replaces self.prompt (HiDe's
+    momentum-mixed pool in training)."""
+    pool = self.prompt if pool is None else pool
+    raw = pool[:, :, idx] if self.prefix else pool[:, idx]
     if not self.prefix:
       layers, b, k, length, dim = raw.shape
       return raw.reshape(layers, b, k * length, dim)
@@ -175,15 +177,16 @@ class PromptedViT(nn.Module):
           m.weight.uniform_(0.5, 1.5)
           m.bias.uniform_(-0.1, 0.1)
 
-  def features(self, x, prompt_idx: Optional[torch.Tensor] = None):
-    """x: [B, C, H, W]; prompt_idx: [B] or [B, K] pool indices. Returns the pooled token."""
+  def features(self, x, prompt_idx: Optional[torch.Tensor] = None, prompt: Optional[torch.Tensor] = None):
+    """x: [B, C, H, W]; prompt_idx: [B] or [B, K] pool indices; ``prompt`` replaces the pool's
+    parameter. Returns the pooled token."""
     x = self.patch_embed(x)
     x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1) + self.pos_embed
     prompts = None
     prepended = 0
     if self.prompt_layers:
       idx = prompt_idx if prompt_idx.dim() == 2 else prompt_idx[:, None]
-      prompts = self.e_prompt.batched(idx, self.kv_layout)
+      prompts = self.e_prompt.batched(idx, self.kv_layout, prompt)
     for i, block in enumerate(self.blocks):
       if prompts is not None and i in self.prompt_layers:
         j = self.prompt_layers.index(i)

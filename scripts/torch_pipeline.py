@@ -77,11 +77,12 @@ def check_config(c) -> None:
 # ----------------------------------------------------------------------------- batches
 
 class TorchBatch:
-  """The real rows of a cljax batch as torch tensors (images NCHW)."""
+  """The real rows of a cljax batch as torch tensors (images NCHW; features [n, D] as they are)."""
 
   def __init__(self, batch: pipeline.Batch):
     keep = batch.mask
-    self.images = torch.from_numpy(np.ascontiguousarray(batch.images[keep].transpose(0, 3, 1, 2)))
+    images = batch.images[keep]
+    self.images = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2) if images.ndim == 4 else images))
     self.labels = torch.from_numpy(batch.labels[keep].astype(np.int64))
     self.size = int(keep.sum())
 
@@ -200,6 +201,8 @@ class TorchPipeline:
       self.acc_own = np.zeros((T, T), np.float32) if self.batchwise else None
       self.class_to_task = torch.from_numpy(self.split.class_to_task.astype(np.int64))
       self.tasks_done = 0
+      self._stage1_features = (None,)   # (task, features, labels) with reuse_features
+      self._test_cache: Dict[int, List[torch.Tensor]] = {}
 
   # --------------------------------------------------------------------------- setup
 
@@ -285,8 +288,8 @@ class TorchPipeline:
   def loss(self, name: str, batch: TorchBatch, t: int, context) -> Tuple[torch.Tensor, Dict[str, Any]]:
     """The method's loss on a batch of real rows: (total, metrics)."""
     model = self.models[name]
-    if name == 'task_identity':
-      pre = model.features(batch.images)
+    if name == 'task_identity':   # with reuse_features the batch holds the frozen features
+      pre = batch.images if batch.images.dim() == 2 else model.features(batch.images)
     else:
       pool = momentum_pool(model.e_prompt.prompt, t, float(self.config.prompt.momentum))
       pre = model.features(batch.images, torch.full((batch.size,), t, dtype=torch.long), prompt=pool)
@@ -336,7 +339,12 @@ class TorchPipeline:
     for epoch in range(epochs):
       sums, count = {}, 0
       seed = (c.seed, stage_id, t, 0, epoch)
-      for batch in self._batches(self.data.train, indices, c.batch_size, True, seed, True):
+      if self.reuses_features(name):   # as the trainer: the features computed once, same order
+        feats, labels = self.frozen_train_features(name, t)
+        batches = prefetch(pipeline.feature_batches(feats, labels, c.batch_size, seed, shuffle=True))
+      else:
+        batches = self._batches(self.data.train, indices, c.batch_size, True, seed, True)
+      for batch in batches:
         m = self.train_step(name, opt, trainable, batch, t, context, lr_at(iteration))
         iteration += 1
         count += 1
@@ -362,19 +370,47 @@ class TorchPipeline:
       return model.features(images)
     return model.features(images, torch.full((len(images),), t, dtype=torch.long))
 
-  def update_statistics(self, name: str, t: int):
-    """Class statistics of task t's classes (test transform), by cljax's own numpy code."""
+  def reuses_features(self, name: str) -> bool:
+    return name == 'task_identity' and bool(self.config.task_identity.get('reuse_features', False))
+
+  def frozen_train_features(self, name: str, t: int):
+    """As Experiment._frozen_train_features: task t's training images' frozen features (test
+    transform, index order), computed once per task when stage 1 reuses them."""
+    if self._stage1_features[0] != t:
+      self._stage1_features = (t,) + self._train_features(name, t, False)
+    return self._stage1_features[1:]
+
+  def _train_features(self, name: str, t: int, train_tf: bool):
     c = self.config
-    model = self.models[name]
-    model.eval()
+    self.models[name].eval()
     indices = self.data.train.indices_of(self.split.tasks[t])
-    train_tf = self.stages[name].method.statistics_train_transform
     feats, labels = [], []
     with torch.no_grad():
       for batch in self._batches(self.data.train, indices, c.batch_size, train_tf, (c.seed, 9, t), train_tf):
         feats.append(self.features(name, batch.images, t).numpy().astype(np.float32))
         labels.append(batch.labels.numpy())
-    feats, labels = np.concatenate(feats), np.concatenate(labels)
+    return np.concatenate(feats), np.concatenate(labels)
+
+  def test_features(self, i: int) -> List[torch.Tensor]:
+    """As Experiment._test_features: the frozen features of test set i's batches, computed once
+    per run (exact) and read by every later evaluation's stage-1 head."""
+    if i not in self._test_cache:
+      tii = self.models['task_identity']
+      tii.eval()
+      indices = self.data.test.indices_of(self.split.tasks[i])
+      with torch.no_grad():
+        self._test_cache[i] = [tii.features(b.images) for b in self._batches(
+            self.data.test, indices, self.config.eval_batch_size, False, (0,), False)]
+    return self._test_cache[i]
+
+  def update_statistics(self, name: str, t: int):
+    """Class statistics of task t's classes (test transform), by cljax's own numpy code."""
+    c = self.config
+    self.models[name].eval()
+    if self.reuses_features(name):
+      feats, labels = self.frozen_train_features(name, t)
+    else:
+      feats, labels = self._train_features(name, t, self.stages[name].method.statistics_train_transform)
     classes = [k for k in self.split.tasks[t] if (labels == k).any()]
     self.stats[name] = alignment.update_statistics(self.stats[name], feats, labels, classes,
                                                    c.statistics.n_centroids, c.seed)
@@ -470,13 +506,16 @@ class TorchPipeline:
       for i in range(t + 1):
         indices = self.data.test.indices_of(self.split.tasks[i])
         correct = task_correct = own = total = 0
-        for batch in self._batches(self.data.test, indices, c.eval_batch_size, False, (0,), False):
-          ids = self.class_to_task[masked(tii(batch.images)[1], seen).argmax(-1)]
+        cached = self.test_features(i)
+        if name == 'task_identity':   # the stage-1 head on the cached features: no image needed
+          labels = torch.from_numpy(self.data.test.labels[indices].astype(np.int64))
+          ids = self.class_to_task[masked(tii.classify(torch.cat(cached)), seen).argmax(-1)]
+          task_acc[i] = 100.0 * int((ids == self.class_to_task[labels]).sum()) / max(len(indices), 1)
+          continue
+        for b, batch in enumerate(self._batches(self.data.test, indices, c.eval_batch_size, False, (0,), False)):
+          ids = self.class_to_task[masked(tii.classify(cached[b]), seen).argmax(-1)]
           task = self.class_to_task[batch.labels]
           total += batch.size
-          if name == 'task_identity':
-            task_correct += int((ids == task).sum())
-            continue
 
           def score(prompt_ids):
             logits = model(batch.images, prompt_ids)[1]

@@ -80,7 +80,9 @@ def test_training_steps_give_the_trainers_losses(tp, data_dir, tmp_path):
   in, prompt momentum over distinct earlier entries, the contrastive term against stored means,
   NoRGa's frozen gate): the losses agree to 1e-4, so the updates (Adam, clipping, lr multipliers)
   agree too."""
-  pipe = tp.TorchPipeline(small_config(data_dir), str(tmp_path), verbose=False)
+  c = small_config(data_dir)
+  c.task_identity.reuse_features = False   # stage 1 from images here; the run below reuses features
+  pipe = tp.TorchPipeline(c, str(tmp_path), verbose=False)
   exp, c = pipe.exp, pipe.config
   initial = exp.initial_state()
   rng = np.random.default_rng(0)
@@ -121,6 +123,7 @@ def test_two_task_run_gives_the_trainers_accuracy_matrix(tp, data_dir, tmp_path)
   tasks, the alignment drawing cljax's samples: every accuracy agrees within one test image per
   task (float rounding may flip a borderline prediction)."""
   c = small_config(data_dir, 'hideprompt')
+  assert c.task_identity.reuse_features   # as the demo: both sides train stage 1 on features
   c.stop_after_task = 2
   ours = trainer.Experiment(c, str(tmp_path / 'cljax'), verbose=False).run()
   pipe = tp.TorchPipeline(c, str(tmp_path / 'torch'), alignment_noise='jax', verbose=False)

@@ -35,9 +35,7 @@ import contextlib
 import json
 import math
 import os
-import queue
 import sys
-import threading
 import time
 from typing import Any, Dict, Iterator, List, Tuple
 
@@ -90,26 +88,7 @@ class TorchBatch:
 def prefetch(iterator: Iterator[pipeline.Batch], size: int = 2) -> Iterator[TorchBatch]:
   """Decode and convert the next batches in a background thread, as the trainer's
   `pipeline.prefetch` does for its devices."""
-  q: queue.Queue = queue.Queue(maxsize=size)
-  sentinel, error = object(), []
-
-  def producer():
-    try:
-      for batch in iterator:
-        q.put(TorchBatch(batch))
-    except BaseException as e:  # pylint: disable=broad-except  (surfaced in the consumer)
-      error.append(e)
-    finally:
-      q.put(sentinel)
-
-  threading.Thread(target=producer, daemon=True).start()
-  while True:
-    item = q.get()
-    if item is sentinel:
-      if error:
-        raise error[0]
-      return
-    yield item
+  return pipeline.in_background(iterator, TorchBatch, size)
 
 
 # ----------------------------------------------------------------------------- model pieces

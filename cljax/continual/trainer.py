@@ -248,14 +248,22 @@ class Experiment:
     computed once per task: with reuse_features, what stage 1 trains on and summarises."""
     if self._stage_features.get(stage.name, (None,))[0] != t:
       features = self._frozen_features(stage)
-      indices = self.data.train.indices_of(self.split.tasks[t])
-      feats, labels = [], []
-      for batch in self._train_batches(indices, False, (self.config.seed, 9, t), shuffle=False):
-        keep = parallel.to_host(batch.mask)
-        feats.append(parallel.to_host(features(self.backbone, batch.images)).astype(np.float32)[keep])
-        labels.append(parallel.to_host(batch.labels)[keep])
-      self._stage_features[stage.name] = (t, np.concatenate(feats), np.concatenate(labels))
+      self._stage_features[stage.name] = (t,) + self._train_features(
+          lambda batch: features(self.backbone, batch.images), t, train_transform=False)
     return self._stage_features[stage.name][1:]
+
+  def _train_features(self, features, t: int, train_transform: bool):
+    """(features [n, D] float32, labels [n]) on the host: ``features(batch)`` over task t's
+    training images (the statistics pass: its own seed; shuffled only with the train transform,
+    as the references' loaders), padding rows dropped."""
+    indices = self.data.train.indices_of(self.split.tasks[t])
+    feats, labels = [], []
+    for batch in self._train_batches(indices, train_transform, (self.config.seed, 9, t),
+                                     shuffle=train_transform):
+      keep = parallel.to_host(batch.mask)
+      feats.append(parallel.to_host(features(batch)).astype(np.float32)[keep])
+      labels.append(parallel.to_host(batch.labels)[keep])
+    return np.concatenate(feats), np.concatenate(labels)
 
   # --------------------------------------------------------------------------- state
 
@@ -434,20 +442,14 @@ class Experiment:
     train transform for methods that summarise augmented images)."""
     c = self.config
     steps = self._steps(stage)
-    indices = self.data.train.indices_of(self.split.tasks[t])
-    feats, labels = [], []
     t_arr = jnp.asarray(t, jnp.int32)
-    train_tf = stage.method.statistics_train_transform
     if self._reuses_features(stage):   # the very features stage 1 just trained on
       feats, labels = self._frozen_train_features(stage, t)
     else:
-      for batch in self._train_batches(indices, train_tf, (c.seed, 9, t), shuffle=train_tf):
-        f = steps['features'](stage_state['params'], stage_state['method_state'], self.backbone,
-                              batch.images, t_arr, batch.mask)
-        keep = parallel.to_host(batch.mask)
-        feats.append(parallel.to_host(f).astype(np.float32)[keep])
-        labels.append(parallel.to_host(batch.labels)[keep])
-      feats, labels = np.concatenate(feats), np.concatenate(labels)
+      feats, labels = self._train_features(
+          lambda batch: steps['features'](stage_state['params'], stage_state['method_state'],
+                                          self.backbone, batch.images, t_arr, batch.mask),
+          t, stage.method.statistics_train_transform)
     classes = [k for k in self.split.tasks[t] if (labels == k).any()]
     stats = alignment.update_statistics(stage_state['stats'], feats, labels, classes,
                                         c.statistics.n_centroids, c.seed)

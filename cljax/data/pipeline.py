@@ -12,7 +12,7 @@ import concurrent.futures
 import os
 import queue
 import threading
-from typing import Iterator, NamedTuple, Optional, Sequence
+from typing import Any, Iterator, NamedTuple, Optional, Sequence
 
 import jax
 import numpy as np
@@ -66,21 +66,11 @@ def batches(dataset, indices, batch_size: int, image_size: int, train: bool,
     rng = np.random.default_rng(list(seed) + [int(position)])
     return cache[(family, train)](dataset.image(i), rng)
 
-  start, end = rows or (0, batch_size)
-  for b in range(start_batch, num_batches(len(order), batch_size)):
-    positions = np.arange(b * batch_size + start, b * batch_size + end)
-    real = positions < len(order)
-    chunk = order[positions[real]]
-    images = list(_pool().map(load, zip(positions[real], chunk)))
-    n, size = len(chunk), end - start
-    out = np.zeros((size, image_size, image_size, 3), np.float32)
-    if n:
-      out[:n] = np.stack(images)
-    labels = np.zeros(size, np.int32)
-    labels[:n] = dataset.labels[chunk]
-    mask = np.zeros(size, bool)
-    mask[:n] = True
-    yield Batch(out, labels, mask)
+  for positions, chunk, size in _global_batches(order, batch_size, start_batch, rows):
+    images = list(_pool().map(load, zip(positions, chunk)))
+    images = (np.stack(images).astype(np.float32, copy=False) if images
+              else np.zeros((0, image_size, image_size, 3), np.float32))
+    yield _padded(images, dataset.labels[chunk], size)
 
 
 def feature_batches(features: np.ndarray, labels: np.ndarray, batch_size: int,
@@ -90,19 +80,30 @@ def feature_batches(features: np.ndarray, labels: np.ndarray, batch_size: int,
   seed (the permutation of positions that `epoch_order` applies to a task's indices), padding
   and mask."""
   order = epoch_order(np.arange(len(features)), seed, shuffle)
+  for _, chunk, size in _global_batches(order, batch_size, start_batch, rows):
+    yield _padded(features[chunk], labels[chunk], size)
+
+
+def _global_batches(order: np.ndarray, batch_size: int, start_batch: int, rows: Optional[tuple]):
+  """(positions in the epoch, dataset rows, rows per batch) of this host's share of every
+  global batch from ``start_batch`` on; the last batch's positions stop at the epoch's end."""
   start, end = rows or (0, batch_size)
   for b in range(start_batch, num_batches(len(order), batch_size)):
     positions = np.arange(b * batch_size + start, b * batch_size + end)
-    real = positions < len(order)
-    chunk = order[positions[real]]
-    n, size = len(chunk), end - start
-    out = np.zeros((size,) + features.shape[1:], features.dtype)
-    out[:n] = features[chunk]
-    batch_labels = np.zeros(size, np.int32)
-    batch_labels[:n] = labels[chunk]
-    mask = np.zeros(size, bool)
-    mask[:n] = True
-    yield Batch(out, batch_labels, mask)
+    positions = positions[positions < len(order)]
+    yield positions, order[positions], end - start
+
+
+def _padded(values: np.ndarray, labels: np.ndarray, size: int) -> Batch:
+  """A batch of ``size`` rows: the real ones first, zeros after, and the mask of the real ones."""
+  n = len(values)
+  out = np.zeros((size,) + values.shape[1:], values.dtype)
+  out[:n] = values
+  padded_labels = np.zeros(size, np.int32)
+  padded_labels[:n] = labels
+  mask = np.zeros(size, bool)
+  mask[:n] = True
+  return Batch(out, padded_labels, mask)
 
 
 def to_device(batch: Batch, sharding) -> Batch:
@@ -113,6 +114,12 @@ def to_device(batch: Batch, sharding) -> Batch:
 
 def prefetch(iterator: Iterator[Batch], sharding, size: int = 2) -> Iterator[Batch]:
   """Decode/transform in a background thread and put batches on the devices ahead of use."""
+  return in_background(iterator, lambda batch: to_device(batch, sharding), size)
+
+
+def in_background(iterator: Iterator[Batch], convert, size: int = 2) -> Iterator[Any]:
+  """convert(batch) for each batch, computed by a background thread up to ``size`` ahead; an
+  error in the thread is raised in the consumer."""
   q: queue.Queue = queue.Queue(maxsize=size)
   sentinel = object()
   error = []
@@ -120,7 +127,7 @@ def prefetch(iterator: Iterator[Batch], sharding, size: int = 2) -> Iterator[Bat
   def producer():
     try:
       for batch in iterator:
-        q.put(to_device(batch, sharding))
+        q.put(convert(batch))
     except BaseException as e:  # surfaced in the consumer
       error.append(e)
     finally:

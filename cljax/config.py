@@ -125,6 +125,9 @@ def base() -> ml_collections.ConfigDict:
   # > 0: also checkpoint every this many training steps inside a stage (params, optimizer state,
   # data position), so a killed run loses at most that many steps; 0 = at stage ends only.
   c.checkpoint_every_steps = 0
+  # Several processes (cljax.parallel): how long to wait for every process to join, and for a
+  # silent process before the others stop.
+  c.distributed_timeout_s = 120
   return c
 
 
@@ -272,6 +275,8 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _check(c.checkpoint_every_steps >= 0,
          f'config.checkpoint_every_steps must be >= 0 (0 = checkpoint at stage ends only), '
          f'got {c.checkpoint_every_steps}')
+  _check(c.distributed_timeout_s >= 1,
+         f'config.distributed_timeout_s must be >= 1 (seconds), got {c.distributed_timeout_s}')
   _check(c.backbone.depth >= 0, f'config.backbone.depth must be >= 0 (0 = every block), got {c.backbone.depth}')
   for key in ('prompt.layers', 'prompt.g_layers', 'task_identity.mlp_hidden'):
     group, name = key.split('.')

@@ -13,6 +13,7 @@ Results: <workdir>/results.json (accuracy matrices, FA/CA/FM, task-identity accu
 
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import app, flags
@@ -34,14 +35,34 @@ def main(argv):
   try:
     cli.check_no_arguments(argv)
     config = cli.config_value(_CONFIG)
-    parallel.initialize_distributed()
-    results = trainer.run(config, _WORKDIR.value)
+    joined = parallel.initialize_distributed(config.distributed_timeout_s)
+    results = trainer.run(config, _WORKDIR.value, joined)
   except CljaxError as e:
-    print(f'error: {e}', file=sys.stderr)
+    # An error every process agreed on is printed once, by process 0.
+    if not getattr(e, 'agreed', False) or parallel.is_main():
+      print(f'error: {e}', file=sys.stderr)
+    if isinstance(e, parallel.DistributedError):
+      _exit_now(2)
     sys.exit(2)
+  except Exception as e:  # pylint: disable=broad-except
+    stopped = parallel.describe_stop(e)
+    if stopped is None:    # this process's own error
+      raise
+    print(f'error: {stopped}', file=sys.stderr)
+    _exit_now(2)
+  if not parallel.is_main():
+    return
   print(f'final average accuracy {results["final_average_accuracy"]:.2f} | cumulative '
         f'{results["cumulative_average_accuracy"]:.2f} | forgetting {results["forgetting"]:.2f} | '
         f'task identity {results["task_identity_accuracy"]:.2f}  ({_WORKDIR.value}/results.json)')
+
+
+def _exit_now(status: int) -> None:
+  """Exit without JAX's shutdown barrier, which would wait for the missing process and then
+  abort with a C++ stack trace."""
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(status)  # pylint: disable=protected-access
 
 
 def run():

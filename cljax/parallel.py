@@ -1,32 +1,262 @@
-"""Data parallelism: jit over a device mesh (ALGORITHMS.md D5).
+"""Data parallelism over one or several processes (ALGORITHMS.md D5).
 
-Parameters are replicated, batches are split along a 'data' axis; XLA inserts the collectives.
-The same code runs on one CPU device, on simulated CPU devices
-(``XLA_FLAGS=--xla_force_host_platform_device_count=8``) and on multi-host TPU/GPU after
-`initialize_distributed` (each host then decodes only its rows of every batch).
+Parameters are replicated, batches are split along a 'data' axis of a device mesh; XLA inserts
+the collectives. The same code runs on one CPU device, on simulated CPU devices
+(``XLA_FLAGS=--xla_force_host_platform_device_count=8``) and on several processes (TPU pod
+slices, multi-node GPUs, or local CPU processes) after `initialize_distributed`: every process
+then runs the same program, decodes only its rows of every global batch (`host_rows`), and
+process 0 alone writes files (`is_main`), with `agree` and `barrier` where order matters.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import json
 import os
+from typing import Callable, Dict, Mapping, Optional
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from cljax.errors import ConfigError
+from cljax.errors import CljaxError, ConfigError
+
+# The explicit description of a multi-process run, read in this order before any auto-detection.
+EXPLICIT = ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID')
+# What JAX's SLURM detection reads (jax/_src/clusters/slurm_cluster.py).
+SLURM = ('SLURM_JOB_ID', 'SLURM_STEP_NODELIST', 'SLURM_NTASKS', 'SLURM_PROCID', 'SLURM_LOCALID')
+DEFAULT_TIMEOUT_S = 120
 
 
-def initialize_distributed() -> None:
-  """Join a multi-host run when the environment describes one (TPU pods, SLURM, or the
-  JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID variables); no-op otherwise."""
-  if os.environ.get('JAX_COORDINATOR_ADDRESS') or os.environ.get('CLJAX_DISTRIBUTED') == '1':
-    jax.distributed.initialize()
+class DistributedError(CljaxError, RuntimeError):
+  """A multi-process run cannot start or cannot go on (a process missing, dead or refusing)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Launch:
+  """How this process joins a run: ``how`` for the run log, ``kwargs`` for jax.distributed."""
+  how: str
+  kwargs: Dict[str, object]
+
+
+def describe_launch(environ: Mapping[str, str] = os.environ) -> Optional[Launch]:
+  """How the environment describes a multi-process run; None for a single process.
+
+  Order: the three EXPLICIT variables; then the clusters that ``jax.distributed.initialize()``
+  detects by itself (SLURM ``srun`` steps, Open MPI ``mpirun``, Cloud TPU pod slices and
+  Kubernetes JobSets, the last two only when there is more than one worker).
+
+  Raises ConfigError (one line naming the missing variable) for a half-described run: some but
+  not all of the explicit variables, values that are not process counts/ids, or a SLURM job of
+  several tasks whose step variables JAX's detection needs are missing (``python`` started
+  without ``srun`` inside a multi-task allocation would train alone on the shared workdir)."""
+  given = [k for k in EXPLICIT if environ.get(k)]
+  if given:
+    missing = [k for k in EXPLICIT if k not in given]
+    if missing:
+      raise ConfigError(f'{", ".join(given)} set but {" and ".join(missing)} not: a multi-process run '
+                        f'needs all three of {", ".join(EXPLICIT)} in every process (or none of them)')
+    address, n, pid = (environ[k] for k in EXPLICIT)
+    if ':' not in address or not address.rsplit(':', 1)[1].isdigit():
+      raise ConfigError(f'JAX_COORDINATOR_ADDRESS={address!r} is not HOST:PORT (process 0\'s host '
+                        f'and a free port, e.g. 10.0.0.2:8476)')
+    if not n.isdigit() or int(n) < 1:
+      raise ConfigError(f'JAX_NUM_PROCESSES={n!r} is not a number of processes >= 1')
+    if not pid.isdigit() or int(pid) >= int(n):
+      raise ConfigError(f'JAX_PROCESS_ID={pid!r} is not a process id in 0..{int(n) - 1} '
+                        f'(JAX_NUM_PROCESSES={n})')
+    if int(n) == 1:
+      return None
+    return Launch(f'{n} processes from JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID '
+                  f'(coordinator {address})',
+                  dict(coordinator_address=address, num_processes=int(n), process_id=int(pid)))
+  if environ.get('SLURM_JOB_ID'):
+    tasks = environ.get('SLURM_STEP_NUM_TASKS') or environ.get('SLURM_NTASKS')
+    if tasks and tasks.isdigit() and int(tasks) > 1:
+      missing = [k for k in SLURM if not environ.get(k)]
+      if missing:
+        raise ConfigError(
+            f'SLURM job {environ["SLURM_JOB_ID"]} has {tasks} tasks but {", ".join(missing)} '
+            f'{"is" if len(missing) == 1 else "are"} not set, so the processes cannot find each '
+            f'other: start them with `srun python -m cljax.main ...`, or set {", ".join(EXPLICIT)}')
+      return Launch(f'{tasks} processes of SLURM job {environ["SLURM_JOB_ID"]} (srun)', {})
+  if environ.get('OMPI_MCA_orte_hnp_uri') and environ.get('OMPI_COMM_WORLD_SIZE', '1') != '1':
+    return Launch(f'{environ["OMPI_COMM_WORLD_SIZE"]} processes of Open MPI (mpirun)', {})
+  hosts = environ.get('TPU_WORKER_HOSTNAMES', '')
+  if len([h for h in hosts.split(',') if h]) > 1:
+    return Launch(f'{len(hosts.split(","))} hosts of a Cloud TPU slice (TPU_WORKER_HOSTNAMES)', {})
+  if environ.get('CLJAX_DISTRIBUTED') == '1':   # a cluster JAX detects that cljax does not name
+    return Launch('the cluster that jax.distributed.initialize() detects (CLJAX_DISTRIBUTED=1)', {})
+  return None
+
+
+def _on_tpu_vm() -> bool:
+  """A Cloud TPU VM of a multi-host slice: JAX reads the slice from the metadata server."""
+  try:
+    from jax._src import cloud_tpu_init  # pylint: disable=g-import-not-at-top
+    return bool(cloud_tpu_init.running_in_cloud_tpu_vm) and os.environ.get('TPU_SKIP_MDS_QUERY') is None
+  except ImportError:
+    return False
+
+
+def initialize_distributed(timeout_s: int = DEFAULT_TIMEOUT_S) -> Optional[str]:
+  """Join the multi-process run the environment describes (`describe_launch`; on a Cloud TPU
+  VM JAX's own detection of the slice); returns how it joined, for the run log, or None for a
+  single process.
+
+  Must run before anything touches a device. On CPU, gloo carries the cross-process
+  collectives unless JAX_CPU_COLLECTIVES_IMPLEMENTATION says otherwise. Raises ConfigError for
+  a half-described environment and DistributedError when the processes do not all join within
+  ``timeout_s`` seconds (a process never started, a coordinator that cannot be reached)."""
+  launch = describe_launch()
+  if launch is None and _on_tpu_vm():
+    launch = Launch('the hosts of this Cloud TPU slice (JAX\'s detection)', {})
+  if launch is None:
+    return None
+  if not os.environ.get('JAX_CPU_COLLECTIVES_IMPLEMENTATION'):
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  where = launch.kwargs.get('coordinator_address') or 'the detected coordinator'
+  pid = launch.kwargs.get('process_id')
+  try:
+    with _on_lost_coordination():
+      jax.distributed.initialize(**launch.kwargs, initialization_timeout=int(timeout_s),
+                                 heartbeat_timeout_seconds=max(10, int(timeout_s)))
+  except Exception as e:  # pylint: disable=broad-except
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    raise DistributedError(
+        f'process {"?" if pid is None else pid} could not join the run at {where} within '
+        f'{timeout_s} s ({first}): start every process with the same command, check that process '
+        f'0 runs and that its host and port are reachable from this host (config.distributed_timeout_s '
+        f'sets the wait)') from e
+  _start_heartbeat()
+  return f'{launch.how}; this is process {jax.process_index()} of {jax.process_count()}'
+
+
+# ----------------------------------------------------------------------------- a process that dies
+
+# Every process stamps the coordination service's key-value store every HEARTBEAT_S seconds;
+# when a collective fails, the stamps say which process stopped. JAX's own heartbeat would stop
+# the others too, but only after its timeout and with a C++ abort.
+HEARTBEAT_S = 1.0
+_STALE_S = 5.0
+_FAILED = []     # the processes found stopped, once a collective has failed
+
+
+def _client():
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  return distributed.global_state.client
+
+
+def _start_heartbeat() -> None:
+  import threading  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  client, key = _client(), f'cljax/heartbeat/{jax.process_index()}'
+
+  def beat():
+    while True:
+      try:
+        client.key_value_set(key, repr(time.time()), allow_overwrite=True)
+      except Exception:  # pylint: disable=broad-except
+        return       # the coordinator is gone: the next collective fails and says so
+      time.sleep(HEARTBEAT_S)
+  threading.Thread(target=beat, daemon=True, name='cljax-heartbeat').start()
+
+
+@contextlib.contextmanager
+def _on_lost_coordination():
+  """While jax.distributed.initialize runs, its client is made with a callback for a lost
+  coordination service (another process died): by default the C++ client aborts the process
+  with a stack trace, with the callback it prints one `error:` line and exits."""
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  real = distributed._jax  # pylint: disable=protected-access
+
+  class WithCallback:
+    def __getattr__(self, name):
+      return getattr(real, name)
+
+    def get_distributed_runtime_client(self, *args, **kwargs):
+      kwargs.setdefault('missed_heartbeat_callback', _lost_coordination)
+      return real.get_distributed_runtime_client(*args, **kwargs)
+
+  distributed._jax = WithCallback()  # pylint: disable=protected-access
+  try:
+    yield
+  finally:
+    distributed._jax = real  # pylint: disable=protected-access
+
+
+def _lost_coordination(status, *unused) -> None:
+  """Called on a C++ thread when the coordination service reports a failed task, or cannot be
+  reached (its process, 0, died)."""
+  import re  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  text = str(status)
+  tasks = sorted({int(t) for t in re.findall(r'[Tt]ask:? ?(\d+)', text)} - {jax.process_index()})
+  if not tasks:
+    tasks = [0] if jax.process_index() != 0 else stopped_processes() or ['?']
+  first = (text.strip().splitlines() or ['lost the coordination service'])[0][:200]
+  who = ', '.join(map(str, tasks))
+  print(f'error: process {who} of {jax.process_count()} stopped (this is process '
+        f'{jax.process_index()}; {first}); the checkpoints in the workdir are intact: start the same '
+        f'command on every host again to resume from the last one', file=sys.stderr)
+  sys.stderr.flush()
+  sys.stdout.flush()
+  os._exit(2)  # pylint: disable=protected-access
+
+
+def stopped_processes() -> list:
+  """The processes of a multi-process run that stopped beating (process 0 when its
+  coordination service cannot be reached); [] on a single process or when all are alive.
+  Waits up to a few seconds so that a process killed just now is seen as stopped."""
+  import time  # pylint: disable=g-import-not-at-top
+  if jax.process_count() == 1 or _client() is None:
+    return []
+  if _FAILED:
+    return list(_FAILED)
+  deadline = time.time() + _STALE_S + 2 * HEARTBEAT_S
+  me = jax.process_index()
+  while True:
+    stamps = {}
+    for p in range(jax.process_count()):
+      try:
+        stamps[p] = float(_client().key_value_try_get(f'cljax/heartbeat/{p}'))
+      except Exception:  # pylint: disable=broad-except
+        stamps[p] = None    # never stamped, or the store is gone
+    if stamps[me] is None and me != 0:     # the coordinator (on process 0) cannot be reached
+      stale = [0]
+    else:
+      stale = [p for p, t in stamps.items() if p != me and (t is None or time.time() - t > _STALE_S)]
+    if stale or time.time() > deadline:
+      _FAILED[:] = stale
+      return stale
+    time.sleep(HEARTBEAT_S)
+
+
+def describe_stop(error: BaseException) -> Optional[str]:
+  """The one line for an error that came from another process stopping (None if every
+  process is alive: the error is this process's own)."""
+  stopped = stopped_processes()
+  if not stopped:
+    return None
+  first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+  who = ', '.join(map(str, stopped))
+  return (f'process {who} of {jax.process_count()} stopped (this is process {jax.process_index()}; '
+          f'{first}); the checkpoints in the workdir are intact: start the same command on every '
+          f'host again to resume from the last one')
+
+
+# ----------------------------------------------------------------------------- the mesh
 
 
 def make_mesh(num_devices: int = 0) -> Mesh:
-  devices = jax.devices()
+  """A 1-D 'data' mesh over every device (or the first ``num_devices`` of one process), ordered
+  by process so that each process owns a contiguous block of every batch (`host_rows`)."""
+  devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
   if num_devices:
+    if jax.process_count() > 1 and num_devices != len(devices):
+      raise ConfigError(f'config.num_devices={num_devices} with {jax.process_count()} processes: '
+                        f'a multi-process run uses every device ({len(devices)}); use 0')
     if num_devices > len(devices):
       raise ConfigError(f'config.num_devices={num_devices} but only {len(devices)} device(s) are '
                         f'visible; use 0 for all of them')
@@ -48,24 +278,85 @@ def check_batch_size(batch_size: int, mesh: Mesh, what: str = 'config.batch_size
     raise ConfigError(f'{what}={batch_size} is not divisible by the {n} devices; use a multiple of {n}')
 
 
-def host_rows(batch_size: int):
-  """The rows of a global batch that this host loads."""
-  per_host = batch_size // jax.process_count()
-  start = jax.process_index() * per_host
-  return start, start + per_host
+def host_rows(batch_size: int, mesh: Optional[Mesh] = None):
+  """(start, end): the rows of a global batch that this process loads, those its devices hold
+  in the mesh (every row on a single process)."""
+  if jax.process_count() == 1:
+    return 0, batch_size
+  devices = list((mesh.devices if mesh is not None else make_mesh().devices).flat)
+  mine = [i for i, d in enumerate(devices) if d.process_index == jax.process_index()]
+  per_device = batch_size // len(devices)
+  return mine[0] * per_device, (mine[-1] + 1) * per_device
 
 
 def put(array: np.ndarray, sharding: NamedSharding):
   """A global array from this host's rows (the whole array on a single host)."""
   if jax.process_count() == 1:
     return jax.device_put(array, sharding)
-  global_shape = (array.shape[0] * jax.process_count(),) + array.shape[1:]
+  global_shape = (array.shape[0] * sharding.mesh.devices.size // len(
+      [d for d in sharding.mesh.devices.flat if d.process_index == jax.process_index()]),) + array.shape[1:]
   return jax.make_array_from_process_local_data(sharding, array, global_shape)
 
 
 def to_host(array) -> np.ndarray:
-  """A global array as one numpy array on every host."""
-  if jax.process_count() == 1:
+  """A global array as one numpy array on every host: a replicated one from this host's copy,
+  a sharded one gathered from every process."""
+  if not isinstance(array, jax.Array) or array.is_fully_addressable:
     return np.asarray(array)
+  if array.is_fully_replicated:
+    return np.asarray(array.addressable_data(0))
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+
+
+def tree_to_host(tree):
+  """`to_host` of every leaf, as copies (the jitted steps donate their buffers, which a view
+  would alias)."""
+  return jax.tree.map(lambda x: np.array(to_host(x), copy=True), tree)
+
+
+# ----------------------------------------------------------------------------- coordination
+
+
+def is_main() -> bool:
+  """Process 0: the one that writes logs, results, plots and ledgers."""
+  return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+  """Every process waits here until all have arrived (a no-op on a single process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)
+
+
+_MESSAGE_BYTES = 4096
+
+
+def agree(decide: Callable[[], object], name: str):
+  """Process 0 runs ``decide()`` and every process gets its value (JSON-able: None, numbers,
+  strings, lists, dicts), or its CljaxError raised with the same message (marked ``agreed``),
+  so that no process trains while another has refused. ``name`` labels the exchange."""
+  if jax.process_count() == 1:
+    return decide()
+  message = b''
+  if is_main():
+    try:
+      message = json.dumps({'value': decide()}).encode()
+    except CljaxError as e:
+      message = json.dumps({'error': type(e).__name__, 'message': str(e)}).encode()
+    if len(message) > _MESSAGE_BYTES:
+      message = json.dumps({'error': 'CljaxError', 'message': f'{name}: answer too long'}).encode()
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  buffer = np.zeros(_MESSAGE_BYTES, np.uint8)
+  buffer[:len(message)] = np.frombuffer(message, np.uint8)
+  shared = json.loads(bytes(np.asarray(multihost_utils.broadcast_one_to_all(buffer))).rstrip(b'\0'))
+  if 'error' in shared:
+    from cljax import errors  # pylint: disable=g-import-not-at-top
+    cls = getattr(errors, shared['error'], None)
+    cls = cls if isinstance(cls, type) and issubclass(cls, CljaxError) else (
+        DistributedError if shared['error'] == 'DistributedError' else CljaxError)
+    error = cls(shared['message'])
+    error.agreed = True
+    raise error
+  return shared['value']

@@ -32,12 +32,14 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from cljax import parallel
 from cljax.errors import CheckpointError
 
 STAGES = ('task_identity', 'prompt')
 # Mid-stage checkpoint numbers: stage_step * MID_STAGE_SCALE + training steps done in the stage,
-# so they increase through the run as Orbax requires.
-MID_STAGE_SCALE = 10 ** 9
+# so they increase through the run as Orbax requires. They must fit in 32 bits (Orbax's
+# preemption check on several processes passes them to C++ as int): 10^7 steps a stage, 200 stages.
+MID_STAGE_SCALE = 10 ** 7
 
 
 def stage_step(t: int, stage: str) -> int:
@@ -54,9 +56,7 @@ def describe(step: int) -> str:
   return f'the {stage} stage of task {task + 1}'
 
 
-def to_host(tree):
-  """Numpy copies: the jitted steps donate their buffers, which a view would alias."""
-  return jax.tree.map(lambda x: np.array(x, copy=True), tree)
+to_host = parallel.tree_to_host   # numpy copies, on every process
 
 
 def checksums(tree) -> np.ndarray:
@@ -70,7 +70,9 @@ def _first_line(e: Exception) -> str:
 
 
 class RunCheckpoints:
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, devices: int = 0):
+    """``devices``: the run's mesh size, recorded with the number of processes (0: all)."""
+    self.layout = {'processes': jax.process_count(), 'devices': devices or jax.device_count()}
     root = os.path.abspath(os.path.join(workdir, 'checkpoints'))
     self.root = root
     self.ledger = os.path.join(root, 'saved.json')
@@ -84,16 +86,28 @@ class RunCheckpoints:
 
   def latest_step(self) -> Optional[int]:
     """The last completed stage that has a checkpoint; an error if the ledger names a later one
-    (its checkpoint was deleted or damaged after it was written)."""
+    (its checkpoint was deleted or damaged after it was written), or if the run was started on
+    another number of processes or devices (`check_layout`). On several processes, decided by
+    process 0 and agreed by all (`cljax.parallel.agree`)."""
+    return parallel.agree(self._latest_step, 'latest checkpoint')
+
+  def _ledger(self) -> Dict[str, Any]:
+    if not os.path.exists(self.ledger):
+      return {}
+    try:
+      with open(self.ledger) as f:
+        ledger = json.load(f)
+      int(ledger['step'])
+      return ledger
+    except (ValueError, KeyError, TypeError) as e:
+      raise CheckpointError(f'{self.ledger} is damaged ({_first_line(e)}); delete the workdir '
+                            f'to start over') from e
+
+  def _latest_step(self) -> Optional[int]:
     latest = self.resume.latest_step()
-    expected = None
-    if os.path.exists(self.ledger):
-      try:
-        with open(self.ledger) as f:
-          expected = int(json.load(f)['step'])
-      except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f'{self.ledger} is damaged ({_first_line(e)}); delete the workdir '
-                              f'to start over') from e
+    ledger = self._ledger()
+    check_layout(ledger, self.layout, self.ledger)
+    expected = int(ledger['step']) if ledger.get('step') else None
     if expected is not None and (latest is None or latest < expected):
       raise CheckpointError(
           f'the checkpoint after {describe(expected)} (step {expected}) is missing from '
@@ -108,11 +122,20 @@ class RunCheckpoints:
     self.resume.save(step, args=ocp.args.StandardSave({'state': host, 'checksums': checksums(host)}))
     self.tasks.wait_until_finished()
     self.resume.wait_until_finished()
-    tmp = self.ledger + '.tmp'
-    with open(tmp, 'w') as f:
-      json.dump({'step': step, 'completed': describe(step)}, f)
-    os.replace(tmp, self.ledger)
+    self.write_ledger(step)
     self.clear_mid_stage()
+
+  def write_ledger(self, step: int) -> None:
+    """Process 0 records the last completed stage (0: none yet) and the run's layout; the
+    others wait until it has (a reader after the barrier sees the new ledger)."""
+    if parallel.is_main():
+      tmp = self.ledger + '.tmp'
+      os.makedirs(self.root, exist_ok=True)
+      with open(tmp, 'w') as f:
+        json.dump({'step': step, 'completed': describe(step) if step else 'nothing yet',
+                   **self.layout}, f)
+      os.replace(tmp, self.ledger)
+    parallel.barrier(f'ledger {step}')
 
   def restore(self, step: int, template: Dict[str, Any]) -> Dict[str, Any]:
     abstract = to_host(template)
@@ -152,6 +175,19 @@ class RunCheckpoints:
     self.mid.wait_until_finished()
     for manager in (self.resume, self.tasks, self.mid):
       manager.close()
+
+
+def check_layout(ledger: Dict[str, Any], now: Dict[str, int], path: str) -> None:
+  """Refuse to resume a run begun on another number of processes or devices: the data order and
+  global batches do not depend on them, but the sums over devices are taken in another order,
+  so the run would not give the numbers of an uninterrupted one."""
+  if 'processes' not in ledger:    # a ledger of a version before layouts were recorded
+    return
+  if (ledger['processes'], ledger['devices']) != (now['processes'], now['devices']):
+    raise CheckpointError(
+        f'this run was started on {ledger["processes"]} process(es) x {ledger["devices"]} device(s) '
+        f'in all ({path}), and this one has {now["processes"]} process(es) x {now["devices"]} '
+        f'device(s): resume it with the same layout, or start over in another --workdir')
 
 
 def _restore(manager, step: int, template, path: str, fix: str) -> Dict[str, Any]:

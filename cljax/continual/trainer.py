@@ -55,11 +55,11 @@ def check_finite(losses, params, stage: str, task: int, epoch: int, epochs: int,
   epoch ends only."""
   if not losses:
     return []
-  values = np.asarray(jax.device_get([l for _, l in losses]), np.float64)
+  values = np.array([parallel.to_host(l) for _, l in losses], np.float64)
   bad = np.flatnonzero(~np.isfinite(values))
   what = f'loss ({values[bad[0]]})' if bad.size else 'parameters'
   if not bad.size:
-    if bool(_all_finite(params)):
+    if bool(parallel.to_host(_all_finite(params))):
       return []
     bad = [len(losses) - 1]
   raise TrainingDivergedError(
@@ -297,7 +297,7 @@ class Experiment:
   def _batches(self, indices, train: bool, seed, shuffle: bool, batch_size: int):
     it = pipeline.batches(self.data.train if train else self.data.test, indices, batch_size,
                           self.config.backbone.image_size, train=train, seed=seed, shuffle=shuffle,
-                          rows=parallel.host_rows(batch_size))
+                          rows=parallel.host_rows(batch_size, self.mesh))
     return pipeline.prefetch(self._limit(it), self.data_sharding)
 
   def _train_batches(self, indices, train_transform: bool, seed, shuffle, start_batch: int = 0):
@@ -306,7 +306,7 @@ class Experiment:
     it = pipeline.batches(self.data.train, indices, self.config.batch_size,
                           self.config.backbone.image_size, train=train_transform, seed=seed,
                           shuffle=shuffle, start_batch=start_batch,
-                          rows=parallel.host_rows(self.config.batch_size))
+                          rows=parallel.host_rows(self.config.batch_size, self.mesh))
     return pipeline.prefetch(self._limit(it, start_batch), self.data_sharding)
 
   def _context(self, stage_state, t: int):
@@ -372,7 +372,7 @@ class Experiment:
           feats, labels = self._frozen_train_features(stage, t)
           batches = pipeline.prefetch(self._limit(pipeline.feature_batches(
               feats, labels, c.batch_size, seed, shuffle=True, start_batch=first,
-              rows=parallel.host_rows(c.batch_size)), first), self.data_sharding)
+              rows=parallel.host_rows(c.batch_size, self.mesh)), first), self.data_sharding)
         else:
           batches = self._train_batches(indices, True, seed, shuffle=True, start_batch=first)
         for b, batch in enumerate(batches, start=first):
@@ -397,7 +397,7 @@ class Experiment:
               epoch_start, {k: m[k] for k in ('loss', 'accuracy') if k in m}, images=epoch_images,
               force=bool(c.log_every_steps) and (b + 1) % c.log_every_steps == 0)
         check_finite(losses, params, **where)
-        host = {k: float(v) / max(count, 1) for k, v in sums.items()}
+        host = {k: float(parallel.to_host(v)) / max(count, 1) for k, v in sums.items()}
         lr = lr_at(iteration - 1)    # the last step's (also when resumed at the epoch's end)
         phase_images, epochs_here = phase_images + epoch_images, epochs_here + 1
         elapsed = time.time() - start
@@ -481,7 +481,7 @@ class Experiment:
     for epoch in range(epochs):
       epoch_lr = lr_at(iteration, epoch)
       x, y, valid = steps['sample'](jax.random.fold_in(key, epoch), stats, stage.ca_samples)
-      valid = np.asarray(valid) & seen[np.asarray(y)]
+      valid = parallel.to_host(valid) & seen[parallel.to_host(y)]
       rows = np.flatnonzero(valid)
       rows = rows[np.random.default_rng([c.seed, 7, t, epoch, self.stages.index(stage)]).permutation(len(rows))]
       losses = []
@@ -494,7 +494,7 @@ class Experiment:
                                               jnp.float32(lr), lr_tree)
         iteration += 1
         losses.append(loss)
-      mean_loss = float(np.mean([float(l) for l in losses])) if losses else float('nan')
+      mean_loss = float(np.mean([parallel.to_host(l) for l in losses])) if losses else float('nan')
       if losses and not np.isfinite(mean_loss):
         raise TrainingDivergedError(
             f'training diverged: non-finite alignment loss ({mean_loss}) in the {stage.name} stage, '
@@ -575,7 +575,7 @@ class Experiment:
         sums.append(step(params, method_state, tii_params, self.backbone, batch.images,
                          batch.labels, batch.mask, seen, class_to_task,
                          None if cached is None else cached[b][2]))
-      correct, task_correct, total, own = (sum(int(x[k]) for x in sums) for k in range(4))
+      correct, task_correct, total, own = (sum(int(parallel.to_host(x[k])) for x in sums) for k in range(4))
       acc[i] = 100.0 * correct / max(total, 1)
       task_acc[i] = 100.0 * task_correct / max(total, 1)
       acc_own[i] = 100.0 * own / max(total, 1)
@@ -603,13 +603,22 @@ class Experiment:
               step: Optional[int] = None) -> None:
     self.run_log.record(entry, scalars_prefix, step)
 
-  def run(self) -> Dict[str, Any]:
-    check_workdir(self.config, self.workdir, claim=True)
-    ckpt = task_checkpoints.RunCheckpoints(self.workdir)
+  def run(self, joined: Optional[str] = None) -> Dict[str, Any]:
+    """Train and evaluate every task; ``joined`` says how the processes of a multi-process run
+    joined (`cljax.parallel.initialize_distributed`), for the log."""
+    parallel.agree(lambda: check_workdir(self.config, self.workdir, claim=True), 'workdir')
+    if joined:
+      self._log(f'several processes: {joined}')
+    ckpt = task_checkpoints.RunCheckpoints(self.workdir, int(self.mesh.devices.size))
+    stopped = []
     try:
       return self._run(ckpt)
-    finally:   # also on an error: a mid-stage checkpoint being written is completed
-      ckpt.close()
+    except Exception:
+      stopped = parallel.stopped_processes()   # [] on a single process
+      raise
+    finally:   # also on an error: a mid-stage checkpoint being written is completed, unless
+      if not stopped:   # another process died: it cannot take part, and the write is dropped
+        ckpt.close()
       self.run_log.close()
 
   def _run(self, ckpt) -> Dict[str, Any]:
@@ -617,6 +626,8 @@ class Experiment:
     state = self.initial_state()
     latest = ckpt.latest_step()
     done_step = 0
+    if latest is None:     # the layout a resume must match, before any checkpoint is written
+      ckpt.write_ledger(0)
     if latest is not None:
       state = ckpt.restore(latest, state)
       done_step = int(state['step'])
@@ -689,7 +700,7 @@ class Experiment:
   def _write_results(self, state, seconds):
     """results.json after every stage: what a user reads while a run goes on."""
     results = self._results(state, seconds)
-    if jax.process_index() == 0:
+    if parallel.is_main():
       tmp = os.path.join(self.workdir, 'results.json.tmp')
       with open(tmp, 'w') as f:
         json.dump(results, f, indent=2)
@@ -718,7 +729,7 @@ class Experiment:
 
   def _plot(self, state, t: int, last_task: int) -> None:
     """PNG plots after each evaluated task (a dry run: first and last only, they cost ~1 s)."""
-    if jax.process_index() != 0 or (self.config.dry_run and t not in (0, last_task - 1)):
+    if not parallel.is_main() or (self.config.dry_run and t not in (0, last_task - 1)):
       return
     plots.write_all(self.workdir, state, t, expert_layers=self.config.prompt.layers,
                     chosen_task=self.method.chooses_prompts)
@@ -754,7 +765,8 @@ class Experiment:
 
 
 # Keys that do not change a run's numbers: a rerun may change them.
-RERUN_MAY_CHANGE = ('log_every_steps', 'stop_after_task', 'checkpoint_every_steps')
+RERUN_MAY_CHANGE = ('log_every_steps', 'stop_after_task', 'checkpoint_every_steps',
+                    'distributed_timeout_s')
 
 
 def check_workdir(config, workdir: str, claim: bool = False) -> None:
@@ -788,8 +800,9 @@ def check_workdir(config, workdir: str, claim: bool = False) -> None:
     os.replace(tmp, path)    # a kill leaves no half-written config.json
 
 
-def run(config, workdir: str) -> Dict[str, Any]:
+def run(config, workdir: str, joined: Optional[str] = None) -> Dict[str, Any]:
+  """Run ``config`` in ``workdir`` (resuming what it holds); ``joined``: see Experiment.run."""
   # The config and the workdir are checked before anything is loaded or compiled.
   config = config_lib.validate(config)
-  check_workdir(config, workdir)
-  return Experiment(config, workdir).run()
+  parallel.agree(lambda: check_workdir(config, workdir), 'workdir')
+  return Experiment(config, workdir).run(joined)

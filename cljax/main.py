@@ -66,6 +66,14 @@ def _exit_now(status: int) -> None:
 
 
 def run():
+  from cljax import launch  # pylint: disable=g-import-not-at-top
+  try:
+    supervised = launch.needs_supervisor()
+  except CljaxError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  if supervised:    # one process of several: its training runs in a child (see cljax.launch)
+    sys.exit(launch.supervise([sys.executable, '-m', 'cljax.main'] + sys.argv[1:]))
   app.run(main, flags_parser=cli.parse_flags)
 
 

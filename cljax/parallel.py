@@ -10,85 +10,22 @@ process 0 alone writes files (`is_main`), with `agree` and `barrier` where order
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import json
 import os
-from typing import Callable, Dict, Mapping, Optional
+from typing import Callable, Optional
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from cljax.errors import CljaxError, ConfigError
+from cljax.launch import Launch, describe_launch, mark
 
-# The explicit description of a multi-process run, read in this order before any auto-detection.
-EXPLICIT = ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID')
-# What JAX's SLURM detection reads (jax/_src/clusters/slurm_cluster.py).
-SLURM = ('SLURM_JOB_ID', 'SLURM_STEP_NODELIST', 'SLURM_NTASKS', 'SLURM_PROCID', 'SLURM_LOCALID')
 DEFAULT_TIMEOUT_S = 120
 
 
 class DistributedError(CljaxError, RuntimeError):
   """A multi-process run cannot start or cannot go on (a process missing, dead or refusing)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Launch:
-  """How this process joins a run: ``how`` for the run log, ``kwargs`` for jax.distributed."""
-  how: str
-  kwargs: Dict[str, object]
-
-
-def describe_launch(environ: Mapping[str, str] = os.environ) -> Optional[Launch]:
-  """How the environment describes a multi-process run; None for a single process.
-
-  Order: the three EXPLICIT variables; then the clusters that ``jax.distributed.initialize()``
-  detects by itself (SLURM ``srun`` steps, Open MPI ``mpirun``, Cloud TPU pod slices and
-  Kubernetes JobSets, the last two only when there is more than one worker).
-
-  Raises ConfigError (one line naming the missing variable) for a half-described run: some but
-  not all of the explicit variables, values that are not process counts/ids, or a SLURM job of
-  several tasks whose step variables JAX's detection needs are missing (``python`` started
-  without ``srun`` inside a multi-task allocation would train alone on the shared workdir)."""
-  given = [k for k in EXPLICIT if environ.get(k)]
-  if given:
-    missing = [k for k in EXPLICIT if k not in given]
-    if missing:
-      raise ConfigError(f'{", ".join(given)} set but {" and ".join(missing)} not: a multi-process run '
-                        f'needs all three of {", ".join(EXPLICIT)} in every process (or none of them)')
-    address, n, pid = (environ[k] for k in EXPLICIT)
-    if ':' not in address or not address.rsplit(':', 1)[1].isdigit():
-      raise ConfigError(f'JAX_COORDINATOR_ADDRESS={address!r} is not HOST:PORT (process 0\'s host '
-                        f'and a free port, e.g. 10.0.0.2:8476)')
-    if not n.isdigit() or int(n) < 1:
-      raise ConfigError(f'JAX_NUM_PROCESSES={n!r} is not a number of processes >= 1')
-    if not pid.isdigit() or int(pid) >= int(n):
-      raise ConfigError(f'JAX_PROCESS_ID={pid!r} is not a process id in 0..{int(n) - 1} '
-                        f'(JAX_NUM_PROCESSES={n})')
-    if int(n) == 1:
-      return None
-    return Launch(f'{n} processes from JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID '
-                  f'(coordinator {address})',
-                  dict(coordinator_address=address, num_processes=int(n), process_id=int(pid)))
-  if environ.get('SLURM_JOB_ID'):
-    tasks = environ.get('SLURM_STEP_NUM_TASKS') or environ.get('SLURM_NTASKS')
-    if tasks and tasks.isdigit() and int(tasks) > 1:
-      missing = [k for k in SLURM if not environ.get(k)]
-      if missing:
-        raise ConfigError(
-            f'SLURM job {environ["SLURM_JOB_ID"]} has {tasks} tasks but {", ".join(missing)} '
-            f'{"is" if len(missing) == 1 else "are"} not set, so the processes cannot find each '
-            f'other: start them with `srun python -m cljax.main ...`, or set {", ".join(EXPLICIT)}')
-      return Launch(f'{tasks} processes of SLURM job {environ["SLURM_JOB_ID"]} (srun)', {})
-  if environ.get('OMPI_MCA_orte_hnp_uri') and environ.get('OMPI_COMM_WORLD_SIZE', '1') != '1':
-    return Launch(f'{environ["OMPI_COMM_WORLD_SIZE"]} processes of Open MPI (mpirun)', {})
-  hosts = environ.get('TPU_WORKER_HOSTNAMES', '')
-  if len([h for h in hosts.split(',') if h]) > 1:
-    return Launch(f'{len(hosts.split(","))} hosts of a Cloud TPU slice (TPU_WORKER_HOSTNAMES)', {})
-  if environ.get('CLJAX_DISTRIBUTED') == '1':   # a cluster JAX detects that cljax does not name
-    return Launch('the cluster that jax.distributed.initialize() detects (CLJAX_DISTRIBUTED=1)', {})
-  return None
 
 
 def _on_tpu_vm() -> bool:
@@ -118,10 +55,11 @@ def initialize_distributed(timeout_s: int = DEFAULT_TIMEOUT_S) -> Optional[str]:
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   where = launch.kwargs.get('coordinator_address') or 'the detected coordinator'
   pid = launch.kwargs.get('process_id')
+  mark(phase='joining', process='?' if pid is None else pid,
+       processes=launch.kwargs.get('num_processes', '?'), coordinator=where, timeout=timeout_s)
   try:
-    with _on_lost_coordination():
-      jax.distributed.initialize(**launch.kwargs, initialization_timeout=int(timeout_s),
-                                 heartbeat_timeout_seconds=max(10, int(timeout_s)))
+    jax.distributed.initialize(**launch.kwargs, initialization_timeout=int(timeout_s),
+                               heartbeat_timeout_seconds=max(10, int(timeout_s)))
   except Exception as e:  # pylint: disable=broad-except
     first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
     raise DistributedError(
@@ -129,6 +67,7 @@ def initialize_distributed(timeout_s: int = DEFAULT_TIMEOUT_S) -> Optional[str]:
         f'{timeout_s} s ({first}): start every process with the same command, check that process '
         f'0 runs and that its host and port are reachable from this host (config.distributed_timeout_s '
         f'sets the wait)') from e
+  mark(phase='joined', process=jax.process_index(), processes=jax.process_count(), coordinator=where)
   _start_heartbeat()
   return f'{launch.how}; this is process {jax.process_index()} of {jax.process_count()}'
 
@@ -161,48 +100,6 @@ def _start_heartbeat() -> None:
         return       # the coordinator is gone: the next collective fails and says so
       time.sleep(HEARTBEAT_S)
   threading.Thread(target=beat, daemon=True, name='cljax-heartbeat').start()
-
-
-@contextlib.contextmanager
-def _on_lost_coordination():
-  """While jax.distributed.initialize runs, its client is made with a callback for a lost
-  coordination service (another process died): by default the C++ client aborts the process
-  with a stack trace, with the callback it prints one `error:` line and exits."""
-  from jax._src import distributed  # pylint: disable=g-import-not-at-top
-  real = distributed._jax  # pylint: disable=protected-access
-
-  class WithCallback:
-    def __getattr__(self, name):
-      return getattr(real, name)
-
-    def get_distributed_runtime_client(self, *args, **kwargs):
-      kwargs.setdefault('missed_heartbeat_callback', _lost_coordination)
-      return real.get_distributed_runtime_client(*args, **kwargs)
-
-  distributed._jax = WithCallback()  # pylint: disable=protected-access
-  try:
-    yield
-  finally:
-    distributed._jax = real  # pylint: disable=protected-access
-
-
-def _lost_coordination(status, *unused) -> None:
-  """Called on a C++ thread when the coordination service reports a failed task, or cannot be
-  reached (its process, 0, died)."""
-  import re  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
-  text = str(status)
-  tasks = sorted({int(t) for t in re.findall(r'[Tt]ask:? ?(\d+)', text)} - {jax.process_index()})
-  if not tasks:
-    tasks = [0] if jax.process_index() != 0 else stopped_processes() or ['?']
-  first = (text.strip().splitlines() or ['lost the coordination service'])[0][:200]
-  who = ', '.join(map(str, tasks))
-  print(f'error: process {who} of {jax.process_count()} stopped (this is process '
-        f'{jax.process_index()}; {first}); the checkpoints in the workdir are intact: start the same '
-        f'command on every host again to resume from the last one', file=sys.stderr)
-  sys.stderr.flush()
-  sys.stdout.flush()
-  os._exit(2)  # pylint: disable=protected-access
 
 
 def stopped_processes() -> list:

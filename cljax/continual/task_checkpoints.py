@@ -118,9 +118,12 @@ class RunCheckpoints:
   def save(self, step: int, state: Dict[str, Any], stage_params: Dict[str, Any]) -> None:
     host = to_host(state)
     params = to_host(stage_params)
+    # One Orbax write at a time: on several processes each write's barriers run in a background
+    # thread, and two writes in flight could reach them in another order on another process.
+    self.mid.wait_until_finished()
     self.tasks.save(step, args=ocp.args.StandardSave({'params': params, 'checksums': checksums(params)}))
-    self.resume.save(step, args=ocp.args.StandardSave({'state': host, 'checksums': checksums(host)}))
     self.tasks.wait_until_finished()
+    self.resume.save(step, args=ocp.args.StandardSave({'state': host, 'checksums': checksums(host)}))
     self.resume.wait_until_finished()
     self.write_ledger(step)
     self.clear_mid_stage()
@@ -185,9 +188,10 @@ def check_layout(ledger: Dict[str, Any], now: Dict[str, int], path: str) -> None
     return
   if (ledger['processes'], ledger['devices']) != (now['processes'], now['devices']):
     raise CheckpointError(
-        f'this run was started on {ledger["processes"]} process(es) x {ledger["devices"]} device(s) '
-        f'in all ({path}), and this one has {now["processes"]} process(es) x {now["devices"]} '
-        f'device(s): resume it with the same layout, or start over in another --workdir')
+        f'this run was started on {ledger["processes"]} process(es) with {ledger["devices"]} '
+        f'device(s) in all ({path}), and this one has {now["processes"]} process(es) with '
+        f'{now["devices"]} device(s): resume it with the same layout, or start over in another '
+        f'--workdir')
 
 
 def _restore(manager, step: int, template, path: str, fix: str) -> Dict[str, Any]:

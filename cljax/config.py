@@ -128,6 +128,9 @@ def base() -> ml_collections.ConfigDict:
   # Several processes (cljax.parallel): how long to wait for every process to join, and for a
   # silent process before the others stop.
   c.distributed_timeout_s = 120
+  # True: a rerun may change any value; the stages not yet completed run with the new ones and
+  # config.json's '_history' records what changed (e.g. a lower lr after a divergence).
+  c.allow_changed_config = False
   return c
 
 
@@ -376,6 +379,8 @@ def from_json(d: Dict[str, Any]) -> ml_collections.ConfigDict:
 
   def fill(target, values, prefix):
     for k, v in values.items():
+      if k.startswith('_'):     # a record kept beside the config (config.json's '_history')
+        continue
       if k not in target:
         raise ConfigError(f'saved config has unknown key {prefix}{k}')
       if isinstance(v, dict):

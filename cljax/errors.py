@@ -30,3 +30,8 @@ class TrainingDivergedError(CljaxError, FloatingPointError):
 def one_of(what: str, value, valid) -> ConfigError:
   """The error for a value outside a fixed set, listing the valid ones."""
   return ConfigError(f'unknown {what} {value!r}; valid: {", ".join(map(str, valid))}')
+
+
+class RunInterrupted(CljaxError):
+  """Ctrl-C: the message says where the run stopped and that the same command resumes (exit
+  status 130, as a shell reports an interrupt)."""

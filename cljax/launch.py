@@ -120,8 +120,9 @@ def supervise(command: List[str]) -> int:
   fd, status_path = tempfile.mkstemp(prefix='cljax-status-', suffix='.json')
   os.close(fd)
   env = dict(os.environ, **{SUPERVISED: status_path})
+  # Its own process group: a Ctrl-C reaches the supervisor alone, which passes it on once.
   child = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, preexec_fn=_die_with_parent,
-                           errors='replace', text=True, bufsize=1)
+                           process_group=0, errors='replace', text=True, bufsize=1)
   for sig in (signal.SIGINT, signal.SIGTERM):
     signal.signal(sig, lambda s, _: child.send_signal(s))
   held, logged = [], []     # an abort's lines; JAX's other C++ log lines

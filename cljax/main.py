@@ -20,7 +20,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from cljax import cli
-from cljax.errors import CljaxError
+from cljax.errors import CljaxError, RunInterrupted
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'a config file in configs/', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'where checkpoints and results go')
@@ -31,7 +31,8 @@ def main(argv):
   from cljax.continual.run_log import quiet_libraries  # pylint: disable=g-import-not-at-top
   quiet_libraries()
   from cljax import parallel  # pylint: disable=g-import-not-at-top
-  from cljax.continual import trainer  # pylint: disable=g-import-not-at-top
+  from cljax.continual import interrupts, trainer  # pylint: disable=g-import-not-at-top
+  interrupts.install()
   try:
     cli.check_no_arguments(argv)
     config = cli.config_value(_CONFIG)
@@ -43,7 +44,11 @@ def main(argv):
       print(f'error: {e}', file=sys.stderr)
     if isinstance(e, parallel.DistributedError):
       _exit_now(2)
-    sys.exit(2)
+    sys.exit(130 if isinstance(e, RunInterrupted) else 2)
+  except KeyboardInterrupt:    # before the run began training (loading, compiling)
+    print('error: interrupted before training began; no checkpoint was written by this command, '
+          'and the same command starts again', file=sys.stderr)
+    sys.exit(130)
   except Exception as e:  # pylint: disable=broad-except
     stopped = parallel.describe_stop(e)
     if stopped is None:    # this process's own error

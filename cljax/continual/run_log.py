@@ -32,6 +32,15 @@ def quiet_libraries():
     tfds.disable_progress_bar()
   except ImportError:
     pass
+  # After a failed Orbax read, tensorstore's pending callbacks reach an asyncio loop that Orbax
+  # has closed; Python prints each as an "Exception ignored" traceback after cljax's error line.
+  default_hook = sys.unraisablehook
+
+  def hook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError) and
+            str(unraisable.exc_value) == 'Event loop is closed'):
+      default_hook(unraisable)
+  sys.unraisablehook = hook
 
 
 def duration(seconds: float) -> str:

@@ -73,9 +73,15 @@ class RunCheckpoints:
   def __init__(self, workdir: str, devices: int = 0):
     """``devices``: the run's mesh size, recorded with the number of processes (0: all)."""
     self.layout = {'processes': jax.process_count(), 'devices': devices or jax.device_count()}
+    self.metrics = os.path.join(workdir, 'metrics.jsonl')
+    self.saved_tasks = []     # the task checkpoints the ledger lists (`_latest_step`)
+    self.last = None          # the latest checkpoint this run has, for `describe_last`
     root = os.path.abspath(os.path.join(workdir, 'checkpoints'))
     self.root = root
     self.ledger = os.path.join(root, 'saved.json')
+    # The size of metrics.jsonl when each checkpoint was taken: a resume drops the lines written
+    # after the checkpoint it continues from (they are written again).
+    self.offsets = os.path.join(root, 'metrics_offsets.json')
     # cleanup_tmp_directories: the leftovers of a write that was killed go at the next start.
     options = lambda **kw: ocp.CheckpointManagerOptions(create=True, cleanup_tmp_directories=True, **kw)
     self.resume = ocp.CheckpointManager(os.path.join(root, 'resume'), options=options(max_to_keep=1))
@@ -89,7 +95,15 @@ class RunCheckpoints:
     (its checkpoint was deleted or damaged after it was written), or if the run was started on
     another number of processes or devices (`check_layout`). On several processes, decided by
     process 0 and agreed by all (`cljax.parallel.agree`)."""
-    return parallel.agree(self._latest_step, 'latest checkpoint')
+    self.last = parallel.agree(self._latest_step, 'latest checkpoint')
+    return self.last
+
+  def describe_last(self) -> str:
+    """What the workdir's latest checkpoint holds, in words."""
+    if self.last > MID_STAGE_SCALE:
+      done = self.last % MID_STAGE_SCALE
+      return f'a checkpoint {done} training steps into {describe(self.last // MID_STAGE_SCALE)}'
+    return f'the checkpoint after {describe(self.last)}'
 
   def _ledger(self) -> Dict[str, Any]:
     if not os.path.exists(self.ledger):
@@ -113,6 +127,16 @@ class RunCheckpoints:
           f'the checkpoint after {describe(expected)} (step {expected}) is missing from '
           f'{self.resume.directory} (latest found: {latest}); restore it, or delete the workdir '
           f'to start over')
+    # Every task checkpoint the run wrote is checked too (convert export and evaluation read
+    # them): missing, truncated or corrupted is an error now, not at export time.
+    self.saved_tasks = [int(s) for s in ledger.get('tasks', [])]
+    present = set(self.tasks.all_steps())
+    for s in self.saved_tasks:
+      path = os.path.join(str(self.tasks.directory), str(s))
+      fix = f'{describe(s)} has to be trained again: delete the workdir to start over'
+      if s not in present:
+        raise CheckpointError(f'task checkpoint {path} (after {describe(s)}) is missing; {fix}')
+      _restore(self.tasks, s, None, path, fix)
     return latest
 
   def save(self, step: int, state: Dict[str, Any], stage_params: Dict[str, Any]) -> None:
@@ -125,10 +149,18 @@ class RunCheckpoints:
     self.tasks.wait_until_finished()
     self.resume.save(step, args=ocp.args.StandardSave({'state': host, 'checksums': checksums(host)}))
     self.resume.wait_until_finished()
-    self.write_ledger(step)
+    self.saved_tasks = sorted(set(self.saved_tasks) | {step})
+    self._note_offset(step)
+    self._write_ledger(step)
+    self.last = step
     self.clear_mid_stage()
 
   def write_ledger(self, step: int) -> None:
+    if step == 0 and '0' not in self._offsets():    # a run starting: what it writes from here on
+      self._note_offset(0)
+    self._write_ledger(step)
+
+  def _write_ledger(self, step: int) -> None:
     """Process 0 records the last completed stage (0: none yet) and the run's layout; the
     others wait until it has (a reader after the barrier sees the new ledger)."""
     if parallel.is_main():
@@ -136,7 +168,7 @@ class RunCheckpoints:
       os.makedirs(self.root, exist_ok=True)
       with open(tmp, 'w') as f:
         json.dump({'step': step, 'completed': describe(step) if step else 'nothing yet',
-                   **self.layout}, f)
+                   **self.layout, 'tasks': self.saved_tasks}, f)
       os.replace(tmp, self.ledger)
     parallel.barrier(f'ledger {step}')
 
@@ -152,8 +184,38 @@ class RunCheckpoints:
   def save_mid_stage(self, step: int, done: int, progress: Dict[str, Any]) -> None:
     """Asynchronously: the stage completing at ``step`` after ``done`` training steps."""
     host = to_host(progress)
+    self._note_offset(step * MID_STAGE_SCALE + done)
     self.mid.save(step * MID_STAGE_SCALE + done,
                   args=ocp.args.StandardSave({'progress': host, 'checksums': checksums(host)}))
+    self.last = step * MID_STAGE_SCALE + done
+
+  def _note_offset(self, checkpoint: int) -> None:
+    if not parallel.is_main():
+      return
+    offsets = self._offsets()
+    offsets[str(checkpoint)] = os.path.getsize(self.metrics) if os.path.exists(self.metrics) else 0
+    tmp = self.offsets + '.tmp'
+    os.makedirs(self.root, exist_ok=True)
+    with open(tmp, 'w') as f:
+      json.dump(offsets, f)
+    os.replace(tmp, self.offsets)
+
+  def _offsets(self) -> Dict[str, int]:
+    try:
+      with open(self.offsets) as f:
+        return json.load(f)
+    except (OSError, ValueError):
+      return {}
+
+  def forget_later_records(self, checkpoint: int) -> None:
+    """Process 0 cuts metrics.jsonl back to its size when ``checkpoint`` (a stage step, or a
+    mid-stage checkpoint number) was taken: what a killed run wrote after it is written again
+    by the resumed run, once."""
+    size = self._offsets().get(str(checkpoint))
+    if parallel.is_main() and size is not None and os.path.exists(self.metrics) and \
+        os.path.getsize(self.metrics) > size:
+      with open(self.metrics, 'r+') as f:
+        f.truncate(size)
 
   def restore_mid_stage(self, step: int) -> Optional[Tuple[int, Dict[str, Any]]]:
     """(steps done, progress) of the latest mid-stage checkpoint of the stage completing at
@@ -198,7 +260,7 @@ def _restore(manager, step: int, template, path: str, fix: str) -> Dict[str, Any
   """Restore and verify the checksums; every failure is a CheckpointError naming the path."""
   try:
     if template is None:    # the saved tree as it is (numpy leaves)
-      restored = manager.restore(step)
+      restored = manager.restore(step, args=ocp.args.StandardRestore())
     else:
       restored = manager.restore(step, args=ocp.args.StandardRestore(template))
   except Exception as e:  # truncated, corrupted or of another run layout

@@ -29,11 +29,13 @@ import numpy as np
 from cljax import config as config_lib
 from cljax import optim, parallel
 from cljax.checkpoints import backbones as backbone_lib
-from cljax.continual import alignment, metrics, plots, task_checkpoints, task_identity
+from cljax.continual import (alignment, interrupts, metrics, plots, task_checkpoints, task_identity,
+                             workdir_lock)
 from cljax.continual.alignment import ClassStats
 from cljax.continual.run_log import RunLog, duration
 from cljax.data import benchmarks, pipeline
-from cljax.errors import CheckpointError, ConfigError, DataError, TrainingDivergedError
+from cljax.errors import (CheckpointError, CljaxError, ConfigError, DataError, RunInterrupted,
+                          TrainingDivergedError)
 from cljax import methods as methods_lib
 from cljax.methods.base import cross_entropy, mask_logits
 
@@ -65,7 +67,8 @@ def check_finite(losses, params, stage: str, task: int, epoch: int, epochs: int,
   raise TrainingDivergedError(
       f'training diverged: non-finite {what} in the {stage} stage, task {task + 1}, epoch '
       f'{epoch + 1}/{epochs}, step {losses[bad[0]][0] + 1}/{n_batches}; the workdir keeps the '
-      f'last good checkpoint; lower config.{stage}.lr (or check the inputs) and rerun')
+      f'last good checkpoint; lower config.{stage}.lr (or check the inputs) and rerun with '
+      f'--config.allow_changed_config=True to continue from it')
 
 
 def optimizer(cfg):
@@ -153,6 +156,7 @@ class Experiment:
     self._jitted = {}
     self._test_cache = {}    # task -> its test batches' frozen features (`_test_features`)
     self._stage_features = {}   # stage -> (task, features, labels) (`_frozen_train_features`)
+    self._where = 'the start of the run'    # for the line an interrupt prints
 
   # --------------------------------------------------------------------------- setup
 
@@ -260,6 +264,7 @@ class Experiment:
     feats, labels = [], []
     for batch in self._train_batches(indices, train_transform, (self.config.seed, 9, t),
                                      shuffle=train_transform):
+      interrupts.check()
       keep = parallel.to_host(batch.mask)
       feats.append(parallel.to_host(features(batch)).astype(np.float32)[keep])
       labels.append(parallel.to_host(batch.labels)[keep])
@@ -355,9 +360,15 @@ class Experiment:
       if stage.cfg.get('schedule_first_task_only', False) and t > 0:
         lr_at = lambda it, base=stage.cfg.lr * stage.lr_scale: base   # quirk 11.8 (DualPrompt CUB)
       start, iteration = time.time(), position['iteration'] if position else 0
+      # img/s over the phase, the part before a resume included (its images and seconds are in
+      # the checkpoint); the ETA counts this invocation's epochs only.
+      timing = progress.get('timing') if position else None
+      eta_start = start
+      phase_images, epochs_here = (0, 0) if timing is None else (int(timing[0]), 0)
+      if timing is not None:
+        start -= float(timing[1])
       tag = f'[{stage.name}{"/" + phase.name if phase.name != "train" else ""}]'
       global_step = self._global_step(stage, t, p_index, n_batches)
-      phase_images, epochs_here = 0, 0    # trained in this phase by this invocation (img/s, ETA)
       for epoch in range(epochs):
         if position and epoch < position['epoch']:
           continue
@@ -375,7 +386,9 @@ class Experiment:
               rows=parallel.host_rows(c.batch_size, self.mesh)), first), self.data_sharding)
         else:
           batches = self._train_batches(indices, True, seed, shuffle=True, start_batch=first)
+        self._where = f'the {stage.name} stage of task {t + 1} (epoch {epoch + 1}/{epochs})'
         for b, batch in enumerate(batches, start=first):
+          interrupts.check()
           lr = lr_at(iteration)
           params, opt_state, m = steps['train'](params, opt_state, method_state, self.backbone,
                                                 batch.images, batch.labels, batch.mask, t_arr,
@@ -388,9 +401,11 @@ class Experiment:
           losses.append((b, m['loss']))
           if save is not None and c.checkpoint_every_steps and done % c.checkpoint_every_steps == 0:
             losses = check_finite(losses, params, **where)   # a checkpoint is only ever of a good state
+            done_images = min(len(indices), (b + 1) * c.batch_size) - first * c.batch_size
             save(done, {'params': params, 'opt_state': jax.tree.leaves(opt_state),
                         'method_state': method_state, 'sums': sums,
-                        'position': np.array([p_index, epoch, b + 1, iteration, count], np.int64)})
+                        'position': np.array([p_index, epoch, b + 1, iteration, count], np.int64),
+                        'timing': np.array([phase_images + done_images, time.time() - start])})
           epoch_images = min(len(indices), (b + 1) * c.batch_size) - first * c.batch_size
           self.run_log.progress(
               f'{tag} task {t + 1}/{self.num_tasks} epoch {epoch + 1}/{epochs}', b + 1, n_batches,
@@ -402,7 +417,7 @@ class Experiment:
         phase_images, epochs_here = phase_images + epoch_images, epochs_here + 1
         elapsed = time.time() - start
         rate = phase_images / max(elapsed, 1e-9)
-        eta = elapsed / epochs_here * (epochs - epoch - 1)
+        eta = (time.time() - eta_start) / epochs_here * (epochs - epoch - 1)
         self._log(f'  {tag} task {t + 1}/{self.num_tasks} epoch {epoch + 1}/{epochs} lr {lr:.2e} '
                   + ' '.join(f'{k} {v:.4f}' for k, v in sorted(host.items(), key=lambda kv: kv[0] != 'loss'))
                   + f' | {rate:.0f} img/s, eta {eta:.0f}s')
@@ -479,6 +494,7 @@ class Experiment:
     seen_dev = jnp.asarray(seen)
     iteration, start = 0, time.time()
     for epoch in range(epochs):
+      interrupts.check()
       epoch_lr = lr_at(iteration, epoch)
       x, y, valid = steps['sample'](jax.random.fold_in(key, epoch), stats, stage.ca_samples)
       valid = parallel.to_host(valid) & seen[parallel.to_host(y)]
@@ -499,7 +515,8 @@ class Experiment:
         raise TrainingDivergedError(
             f'training diverged: non-finite alignment loss ({mean_loss}) in the {stage.name} stage, '
             f'task {t + 1}, alignment epoch {epoch + 1}; the workdir keeps the last good checkpoint; '
-            f'lower config.{stage.name}.ca_lr')
+            f'lower config.{stage.name}.ca_lr and rerun with --config.allow_changed_config=True to '
+            f'continue from it')
       self.run_log.progress(f'[{stage.name}] task {t + 1} alignment epoch', epoch + 1, epochs, start,
                             {'loss': mean_loss})
       # The scalar step counts alignment epochs over the run (cfg.ca_epochs per task after the first).
@@ -572,6 +589,7 @@ class Experiment:
                                 c.eval_batch_size)
       sums = []
       for b, batch in enumerate(batches):
+        interrupts.check()
         sums.append(step(params, method_state, tii_params, self.backbone, batch.images,
                          batch.labels, batch.mask, seen, class_to_task,
                          None if cached is None else cached[b][2]))
@@ -606,13 +624,29 @@ class Experiment:
   def run(self, joined: Optional[str] = None) -> Dict[str, Any]:
     """Train and evaluate every task; ``joined`` says how the processes of a multi-process run
     joined (`cljax.parallel.initialize_distributed`), for the log."""
-    parallel.agree(lambda: check_workdir(self.config, self.workdir, claim=True), 'workdir')
+    lock = workdir_lock.WorkdirLock(self.workdir)
+
+    def claim():   # on several processes: decided by process 0, agreed by all
+      lock.acquire()
+      try:
+        check_workdir(self.config, self.workdir, claim=True)
+      except CljaxError:
+        lock.release()
+        raise
+    parallel.agree(claim, 'workdir')
     if joined:
       self._log(f'several processes: {joined}')
     ckpt = task_checkpoints.RunCheckpoints(self.workdir, int(self.mesh.devices.size))
     stopped = []
     try:
       return self._run(ckpt)
+    except KeyboardInterrupt:
+      interrupts.ignore()     # closing completes the checkpoint being written
+      if ckpt.last is None:
+        raise RunInterrupted(f'interrupted in {self._where}, before the first checkpoint: the '
+                             f'same command starts the run again') from None
+      raise RunInterrupted(f'interrupted in {self._where}; nothing is lost: the workdir keeps '
+                           f'{ckpt.describe_last()}, and the same command resumes from it') from None
     except Exception:
       stopped = parallel.stopped_processes()   # [] on a single process
       raise
@@ -620,6 +654,7 @@ class Experiment:
       if not stopped:   # another process died: it cannot take part, and the write is dropped
         ckpt.close()
       self.run_log.close()
+      lock.release()
 
   def _run(self, ckpt) -> Dict[str, Any]:
     c = self.config
@@ -628,6 +663,7 @@ class Experiment:
     done_step = 0
     if latest is None:     # the layout a resume must match, before any checkpoint is written
       ckpt.write_ledger(0)
+    trained = False     # has this invocation trained a stage?
     if latest is not None:
       state = ckpt.restore(latest, state)
       done_step = int(state['step'])
@@ -647,7 +683,12 @@ class Experiment:
         if step <= done_step:
           continue
         stage_start = time.time()
+        self._where = task_checkpoints.describe(step)
         resume = ckpt.restore_mid_stage(step)
+        if not trained:   # what a killed run wrote after the checkpoint continued from goes
+          ckpt.forget_later_records(
+              step * task_checkpoints.MID_STAGE_SCALE + resume[0] if resume else done_step)
+          trained = True
         if resume is not None:
           self._log(f'resuming {self.workdir}: {task_checkpoints.describe(step)} after {resume[0]} '
                     f'training steps')
@@ -686,6 +727,8 @@ class Experiment:
           self._log(f'task {t + 1}/{self.num_tasks} done, {duration(elapsed)} so far; eta '
                     f'{duration(elapsed / (t + 1 - first_task) * (last_task - t - 1))}')
         state['step'] = np.array(step, np.int32)
+        self._record({'stage': stage.name, 'task': t, 'event': 'stage_done',
+                      'seconds': round(time.time() - stage_start, 2)})
         # A dry run checks checkpointing on the first and last task only: the rest is the same
         # code, and writes would dominate its time.
         if not c.dry_run or t in (0, last_task - 1):
@@ -693,8 +736,9 @@ class Experiment:
         else:
           ckpt.clear_mid_stage()
         self._write_results(state, time.time() - run_start)
-        self._record({'stage': stage.name, 'task': t, 'event': 'stage_done',
-                      'seconds': round(time.time() - stage_start, 2)})
+    if not trained and os.path.exists(os.path.join(self.workdir, 'results.json')):
+      with open(os.path.join(self.workdir, 'results.json')) as f:   # a finished run: as it was
+        return json.load(f)
     return self._write_results(state, time.time() - run_start)
 
   def _write_results(self, state, seconds):
@@ -764,9 +808,11 @@ class Experiment:
     }
 
 
+# config.json's record of the changes a rerun made with config.allow_changed_config.
+HISTORY = '_history'
 # Keys that do not change a run's numbers: a rerun may change them.
 RERUN_MAY_CHANGE = ('log_every_steps', 'stop_after_task', 'checkpoint_every_steps',
-                    'distributed_timeout_s')
+                    'distributed_timeout_s', 'allow_changed_config', HISTORY)
 
 
 def check_workdir(config, workdir: str, claim: bool = False) -> None:
@@ -774,6 +820,10 @@ def check_workdir(config, workdir: str, claim: bool = False) -> None:
   it (only once everything is validated: a config that fails does not claim a workdir)."""
   if not workdir:
     raise ConfigError('no workdir given: pass --workdir=<folder for checkpoints and results>')
+  if '://' in workdir:
+    raise ConfigError(f'workdir {workdir} is a URL, and cljax writes its workdir (results, logs, '
+                      f'ledger) as files: mount the bucket (e.g. gcsfuse) or use a filesystem every '
+                      f'host sees, and pass its path')
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ConfigError(f'workdir {workdir} is a file, not a folder; pass another --workdir')
   path = os.path.join(workdir, 'config.json')
@@ -786,23 +836,33 @@ def check_workdir(config, workdir: str, claim: bool = False) -> None:
       raise CheckpointError(f'{path} is damaged ({str(e).splitlines()[0]}); delete {workdir} to start '
                             f'over, or use another --workdir') from e
     differ = config_lib.differences(saved, current, ignore=RERUN_MAY_CHANGE)
-    if differ:
+    if differ and not config.allow_changed_config:
       raise ConfigError(f'{workdir} holds a run of a different config ({"; ".join(differ[:4])}); '
-                        f'use another --workdir, or delete that one to start over')
+                        f'use another --workdir, delete that one to start over, or continue its '
+                        f'remaining stages with the new values: --config.allow_changed_config=True')
+    if differ and claim:    # the stages not yet completed run with the new values
+      history = saved.get(HISTORY, []) + [{'time': round(time.time(), 1), 'changed': differ}]
+      _write_json(path, {**current, HISTORY: history})
   elif claim:
     try:
       os.makedirs(workdir, exist_ok=True)
     except OSError as e:
       raise ConfigError(f'cannot create workdir {workdir} ({e.strerror}); pass another --workdir') from e
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-      json.dump(current, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)    # a kill leaves no half-written config.json
+    _write_json(path, current)
+
+
+def _write_json(path: str, value) -> None:
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(value, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)    # a kill leaves no half-written file
 
 
 def run(config, workdir: str, joined: Optional[str] = None) -> Dict[str, Any]:
   """Run ``config`` in ``workdir`` (resuming what it holds); ``joined``: see Experiment.run."""
-  # The config and the workdir are checked before anything is loaded or compiled.
+  # The config and the workdir (another config's run, or a live run) are checked before
+  # anything is loaded or compiled.
   config = config_lib.validate(config)
-  parallel.agree(lambda: check_workdir(config, workdir), 'workdir')
+  parallel.agree(lambda: (check_workdir(config, workdir),
+                          workdir_lock.WorkdirLock(workdir).check()), 'workdir')
   return Experiment(config, workdir).run(joined)

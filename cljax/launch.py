@@ -155,15 +155,27 @@ def supervise(command: List[str]) -> int:
   return 2
 
 
+def cannot_join(process, processes, coordinator, timeout) -> str:
+  """The line for a process that could not join the run."""
+  return (f'process {process} of {processes} could not join the run at {coordinator} within '
+          f'{timeout} s: start every process with the same command, check that process 0 runs and '
+          f'that its host and port are reachable from this host (config.distributed_timeout_s sets '
+          f'the wait)')
+
+
+def stopped(who, processes, me, detail: str = '') -> str:
+  """The line for a run stopped because process(es) ``who`` did."""
+  detail = f'; {detail}' if detail else ''
+  return (f'process {who} of {processes} stopped (this is process {me}{detail}): start the same '
+          f'command on every host again to resume from the last checkpoint')
+
+
 def _abort_line(status: Dict, text: str, code: int) -> str:
   me, n = status.get('process', '?'), status.get('processes', '?')
   if code < 0 and not text:
     return f'process {me} of {n} was stopped by signal {-code}'
   if status.get('phase') != 'joined':
-    return (f'process {me} of {n} could not join the run at {status.get("coordinator", "?")} within '
-            f'{status.get("timeout", "?")} s: start every process with the same command, check that '
-            f'process 0 runs and that its host and port are reachable from this host '
-            f'(config.distributed_timeout_s sets the wait)')
+    return cannot_join(me, n, status.get('coordinator', '?'), status.get('timeout', '?'))
   if me != 0 and re.search(r'coordination service|leader task', text):
     who = '0 (the coordinator)'
   else:
@@ -172,8 +184,7 @@ def _abort_line(status: Dict, text: str, code: int) -> str:
     return (f'JAX\'s coordination service stopped process {me} of {n} (no process is known to have '
             f'died: see JAX\'s log); start the same command on every host again to resume from the '
             f'last checkpoint')
-  return (f'process {who} of {n} stopped (this is process {me}): start the same command on every '
-          f'host again to resume from the last checkpoint')
+  return stopped(who, n, me)
 
 
 def _die_with_parent() -> None:

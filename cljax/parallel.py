@@ -19,6 +19,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from cljax.errors import CljaxError, ConfigError
+from cljax import launch as launch_lib
 from cljax.launch import Launch, describe_launch, mark
 
 DEFAULT_TIMEOUT_S = 120
@@ -61,12 +62,9 @@ def initialize_distributed(timeout_s: int = DEFAULT_TIMEOUT_S) -> Optional[str]:
     jax.distributed.initialize(**launch.kwargs, initialization_timeout=int(timeout_s),
                                heartbeat_timeout_seconds=max(10, int(timeout_s)))
   except Exception as e:  # pylint: disable=broad-except
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-    raise DistributedError(
-        f'process {"?" if pid is None else pid} could not join the run at {where} within '
-        f'{timeout_s} s ({first}): start every process with the same command, check that process '
-        f'0 runs and that its host and port are reachable from this host (config.distributed_timeout_s '
-        f'sets the wait)') from e
+    raise DistributedError(launch_lib.cannot_join('?' if pid is None else pid,
+                                                  launch.kwargs.get('num_processes', '?'), where,
+                                                  timeout_s)) from e
   mark(phase='joined', process=jax.process_index(), processes=jax.process_count(), coordinator=where)
   _start_heartbeat()
   return f'{launch.how}; this is process {jax.process_index()} of {jax.process_count()}'
@@ -137,10 +135,8 @@ def describe_stop(error: BaseException) -> Optional[str]:
   if not stopped:
     return None
   first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-  who = ', '.join(map(str, stopped))
-  return (f'process {who} of {jax.process_count()} stopped (this is process {jax.process_index()}; '
-          f'{first}); the checkpoints in the workdir are intact: start the same command on every '
-          f'host again to resume from the last one')
+  return launch_lib.stopped(', '.join(map(str, stopped)), jax.process_count(), jax.process_index(),
+                            first)
 
 
 # ----------------------------------------------------------------------------- the mesh

@@ -130,7 +130,8 @@ def test_kill_of_one_process_stops_the_other_and_a_rerun_resumes(runs):
   assert time.time() - killed_at < 60
   lines = [l for l in stderr(workdir, 0).splitlines() if l.strip()]
   assert lines[-1].startswith('error: process 1 of 2 stopped (this is process 0; '), lines[-3:]
-  assert 'start the same command on every host again to resume' in lines[-1]
+  assert lines[-1].endswith('): start the same command on every host again to resume from the '
+                            'last checkpoint')
   assert not any('Traceback' in l for l in lines)
   procs = run_two(workdir, flags)
   assert wait(procs) == [0, 0], stderr(workdir, 0)[-2000:]
@@ -140,6 +141,30 @@ def test_kill_of_one_process_stops_the_other_and_a_rerun_resumes(runs):
   assert a['tasks_completed'] == 2
   for key in MATRICES:
     assert np.array_equal(np.asarray(a[key])[..., :2], np.asarray(b[key])[..., :2]), key
+
+
+def test_the_coordinator_dying_stops_the_others_with_one_line(tmp_path):
+  """Process 0 hosts JAX's coordination service: without it the others' C++ client aborts;
+  the supervisor (cljax.launch) turns that into one line."""
+  workdir = str(tmp_path / 'w')
+  flags = ['--config.backbone.depth=1', '--config.prompt.layers=0', '--config.stop_after_task=1',
+           '--config.checkpoint_every_steps=2']
+  port = free_port()
+  procs = [start(workdir, port, i, flags) for i in (0, 1)]
+  mid = os.path.join(workdir, 'checkpoints', 'mid_stage')
+  deadline = time.time() + 240
+  while not (os.path.isdir(mid) and os.listdir(mid)):
+    assert time.time() < deadline and procs[1].poll() is None, stderr(workdir, 1)[-2000:]
+    time.sleep(0.2)
+  procs[0].send_signal(signal.SIGKILL)
+  killed_at = time.time()
+  assert procs[1].wait(timeout=120) == 2
+  assert time.time() - killed_at < 60
+  lines = [l for l in stderr(workdir, 1).splitlines() if l.strip()]
+  assert len(lines) == 1, lines
+  assert lines[0].startswith('error: process 0 (the coordinator) of 2 stopped (this is process 1): '
+                             'start the same command on every host again to resume from the last '
+                             "checkpoint (JAX's log: "), lines
 
 
 def test_a_resume_on_another_layout_is_refused(runs):

@@ -95,7 +95,9 @@ class RunCheckpoints:
     (its checkpoint was deleted or damaged after it was written), or if the run was started on
     another number of processes or devices (`check_layout`). On several processes, decided by
     process 0 and agreed by all (`cljax.parallel.agree`)."""
-    self.last = parallel.agree(self._latest_step, 'latest checkpoint')
+    found = parallel.agree(self._latest_step, 'latest checkpoint')
+    self.last, self.saved_tasks = found['latest'], found['tasks']
+    self.verify_tasks()
     return self.last
 
   def describe_last(self) -> str:
@@ -117,7 +119,7 @@ class RunCheckpoints:
       raise CheckpointError(f'{self.ledger} is damaged ({_first_line(e)}); delete the workdir '
                             f'to start over') from e
 
-  def _latest_step(self) -> Optional[int]:
+  def _latest_step(self) -> Dict[str, Any]:
     latest = self.resume.latest_step()
     ledger = self._ledger()
     check_layout(ledger, self.layout, self.ledger)
@@ -127,17 +129,27 @@ class RunCheckpoints:
           f'the checkpoint after {describe(expected)} (step {expected}) is missing from '
           f'{self.resume.directory} (latest found: {latest}); restore it, or delete the workdir '
           f'to start over')
-    # Every task checkpoint the run wrote is checked too (convert export and evaluation read
-    # them): missing, truncated or corrupted is an error now, not at export time.
     self.saved_tasks = [int(s) for s in ledger.get('tasks', [])]
     present = set(self.tasks.all_steps())
     for s in self.saved_tasks:
-      path = os.path.join(str(self.tasks.directory), str(s))
-      fix = f'{describe(s)} has to be trained again: delete the workdir to start over'
       if s not in present:
-        raise CheckpointError(f'task checkpoint {path} (after {describe(s)}) is missing; {fix}')
-      _restore(self.tasks, s, None, path, fix)
-    return latest
+        raise CheckpointError(f'task checkpoint {self._task_path(s)} (after {describe(s)}) is '
+                              f'missing; {self._retrain(s)}')
+    return {'latest': latest, 'tasks': self.saved_tasks}
+
+  def _task_path(self, step: int) -> str:
+    return os.path.join(str(self.tasks.directory), str(step))
+
+  @staticmethod
+  def _retrain(step: int) -> str:
+    return f'{describe(step)} has to be trained again: delete the workdir to start over'
+
+  def verify_tasks(self) -> None:
+    """Read every task checkpoint the ledger lists and check its checksums (convert export and
+    evaluation read them): a truncated or corrupted one is an error now, not at export time.
+    Every process takes part (an Orbax restore is collective)."""
+    for s in self.saved_tasks:
+      _restore(self.tasks, s, None, self._task_path(s), self._retrain(s))
 
   def save(self, step: int, state: Dict[str, Any], stage_params: Dict[str, Any]) -> None:
     host = to_host(state)

@@ -114,6 +114,10 @@ def base() -> ml_collections.ConfigDict:
   c.mask_test_logits = False
   c.num_devices = 0             # 0 = every local device
   c.dtype = 'float32'
+  # Matmul precision of every jitted step: auto = highest for float32 (true fp32 dots, as PyTorch
+  # computes fp32 on every backend; XLA's default is bf16 passes on TPU and TF32 on recent
+  # NVIDIA GPUs) and default for bfloat16 | default | high | highest.
+  c.matmul_precision = 'auto'
   # explicit: attention as written in the references; fused: jax.nn.dot_product_attention in the
   # layers where it is exact (no prefix or a linear-gate prefix), for cuDNN flash attention on GPU.
   c.attention = 'explicit'
@@ -269,6 +273,8 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     raise one_of('statistics method (config.statistics.method)', c.statistics.method, STATISTICS)
   _check(c.batch_size >= 1 and c.eval_batch_size >= 1, 'config.batch_size and eval_batch_size must be >= 1')
   _check(c.dtype in ('float32', 'bfloat16'), f'config.dtype must be float32 or bfloat16, got {c.dtype!r}')
+  _check(c.matmul_precision in MATMUL_PRECISIONS,
+         f'config.matmul_precision must be one of {", ".join(MATMUL_PRECISIONS)}, got {c.matmul_precision!r}')
   _check(c.attention in ('explicit', 'fused'), f'config.attention must be explicit or fused, got {c.attention!r}')
   _check(c.dry_run_steps >= 1, 'config.dry_run_steps must be >= 1')
   _check(c.seed >= 0, f'config.seed must be >= 0 (numpy seeds are non-negative), got {c.seed}')
@@ -365,6 +371,17 @@ def weights_path(c) -> str:
 
 def to_dict(c) -> Dict[str, Any]:
   return c.to_dict()
+
+
+MATMUL_PRECISIONS = ('auto', 'default', 'high', 'highest')
+
+
+def matmul_precision(c) -> str:
+  """The precision config.matmul_precision selects: 'auto' is highest for float32 and default
+  for bfloat16."""
+  if c.matmul_precision == 'auto':
+    return 'highest' if c.dtype == 'float32' else 'default'
+  return c.matmul_precision
 
 
 def to_json(c) -> Dict[str, Any]:

@@ -17,6 +17,7 @@ task recompiles them).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -71,6 +72,16 @@ def check_finite(losses, params, stage: str, task: int, epoch: int, epochs: int,
       f'--config.allow_changed_config=True to continue from it')
 
 
+def with_matmul_precision(fn, precision: str):
+  """``fn`` traced under ``jax.default_matmul_precision(precision)``: every dot of a step
+  jitted from it has that precision (config.matmul_precision)."""
+  @functools.wraps(fn)
+  def traced(*args, **kwargs):
+    with jax.default_matmul_precision(precision):
+      return fn(*args, **kwargs)
+  return traced
+
+
 def optimizer(cfg):
   """The optax transform of a stage config (config.task_identity or config.prompt)."""
   return optim.transform(cfg.optimizer, cfg.clip_grad, weight_decay=cfg.get('weight_decay', 0.0))
@@ -119,6 +130,7 @@ class Experiment:
     self.verbose = verbose
     self.run_log = RunLog(workdir, verbose)
     c = self.config
+    self.matmul_precision = config_lib.matmul_precision(c)
     self.mesh = parallel.make_mesh(c.num_devices)
     for key in ('batch_size', 'eval_batch_size'):
       parallel.check_batch_size(c[key], self.mesh, f'config.{key}')
@@ -184,7 +196,7 @@ class Experiment:
       if c.dry_run and not c.model_override:
         self._log(f'note: dry run with random backbone weights: {path} does not exist '
                   f'(a real run would stop here; get it from: {info.how_to_get})')
-      params = jax.jit(lambda k: self.method.model.backbone.init(
+      params = self._jit(lambda k: self.method.model.backbone.init(
           k, jnp.zeros((1, self.vit_cfg.image_size, self.vit_cfg.image_size, 3)))['params'])(
               jax.random.PRNGKey(c.seed))
     else:
@@ -195,6 +207,10 @@ class Experiment:
       for n in notes:
         self._log(f'backbone: {n}')
     return jax.device_put(params, self.replicated)
+
+  def _jit(self, fn, **kwargs):
+    """jax.jit of ``fn`` at the run's matmul precision."""
+    return jax.jit(with_matmul_precision(fn, self.matmul_precision), **kwargs)
 
   def _log(self, message):
     self.run_log.print(message)
@@ -226,11 +242,11 @@ class Experiment:
       method = dataclasses.replace(method, loss=on_features)
     steps = {
         'tx': tx, 'ca_tx': ca_tx,
-        'train': jax.jit(train_step_fn(method, tx), donate_argnums=(0, 1), static_argnames=('flags',)),
-        'ca': jax.jit(ca_step, donate_argnums=(0, 1)),
-        'features': jax.jit(method.features),
-        'predict': jax.jit(method.predict),
-        'sample': jax.jit(alignment.sample, static_argnums=(2,)),
+        'train': self._jit(train_step_fn(method, tx), donate_argnums=(0, 1), static_argnames=('flags',)),
+        'ca': self._jit(ca_step, donate_argnums=(0, 1)),
+        'features': self._jit(method.features),
+        'predict': self._jit(method.predict),
+        'sample': self._jit(alignment.sample, static_argnums=(2,)),
     }
     self._jitted[stage.name] = steps
     return steps
@@ -244,7 +260,7 @@ class Experiment:
     key = f'frozen_features/{stage.name}'
     if key not in self._jitted:
       model = stage.method.model
-      self._jitted[key] = jax.jit(lambda backbone, images: model.features({'backbone': backbone}, images)[0])
+      self._jitted[key] = self._jit(lambda backbone, images: model.features({'backbone': backbone}, images)[0])
     return self._jitted[key]
 
   def _frozen_train_features(self, stage: StageSetup, t: int):
@@ -279,7 +295,7 @@ class Experiment:
     dim = self.vit_cfg.embed_dim
     for i, stage in enumerate(self.stages):
       state[stage.name] = {
-          'params': jax.jit(stage.method.init)(jax.random.fold_in(rng, i)),
+          'params': self._jit(stage.method.init)(jax.random.fold_in(rng, i)),
           'method_state': stage.method.init_state(),
           'stats': ClassStats.empty(self.num_classes, dim, stage.stats_method, c.statistics.n_centroids),
       }
@@ -446,7 +462,7 @@ class Experiment:
     """run_pass(fn, carry): fold a jitted fn over task t's training batches (train transform,
     shuffled, as the references' loaders), for bookkeeping such as SMoPE's usage counts."""
     def run_pass(fn, carry, params, method_state):
-      jitted = jax.jit(fn)
+      jitted = self._jit(fn)
       for batch in self._train_batches(indices, True, (self.config.seed, 11, t), shuffle=True):
         carry = jitted(params, method_state, self.backbone, batch.images, batch.mask, carry)
       return carry
@@ -563,7 +579,7 @@ class Experiment:
       hits = (used == task) if used.ndim == 1 else (used == task[:, None]).sum(-1)
       return ok, jnp.where(mask, hits, 0).sum(), mask.sum(), ok_own
 
-    self._jitted[key] = jax.jit(step)
+    self._jitted[key] = self._jit(step)
     return self._jitted[key]
 
   def evaluate(self, state, t: int, stage_name: str = 'prompt', per_example: bool = False):
@@ -798,6 +814,7 @@ class Experiment:
         'tasks_completed': done,
         'seconds_this_invocation': round(seconds, 1),
         'devices': int(self.mesh.devices.size),
+        'matmul_precision': self.matmul_precision,
         **({} if 'accuracy_per_example' not in state else {
             # With a batchwise vote at test, the figures without it (ALGORITHMS.md D1).
             'final_average_accuracy_per_example': metrics.final_average_accuracy(seen('accuracy_per_example')),

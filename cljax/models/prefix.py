@@ -120,9 +120,11 @@ def gate_scores(s, prefix: Prefix):
 def expert_scores(q, key):
   """SMoPE's aggregated score r: mean query over tokens times each expert key (no scale).
 
-  q: [B,H,N,d], key: [E,H,d] -> [B,H,E].
+  q: [B,H,N,d], key: [E,H,d] -> [B,H,E] float32. In float32 whatever the compute dtype, as the
+  losses are: under bf16 compute, near-tied experts would otherwise flip with the dtype.
   """
-  return jnp.einsum('bhd,ehd->bhe', q.mean(axis=2), key)
+  return jnp.einsum('bhd,ehd->bhe', q.astype(jnp.float32).mean(axis=2), key.astype(jnp.float32),
+                    precision=jax.lax.Precision.HIGHEST)
 
 
 def select_experts(r, experts: SparseExperts):
@@ -174,8 +176,7 @@ def attend(q, k, v, scale, prefix: Optional[PrefixLike] = None):
     pv = _broadcast_batch(prefix.value, batch).astype(v.dtype)
     s_p = gate_scores(prefix_scores(q, pk, scale), prefix)
   elif isinstance(prefix, SparseExperts):
-    pk = prefix.key.astype(q.dtype)
-    r = expert_scores(q, pk)                                   # [B,H,E]
+    r = expert_scores(q, prefix.key)                           # [B,H,E] float32
     if prefix.top_k < 0:                                       # dense: every expert
       chosen_r = r
       pv = jnp.broadcast_to(jnp.swapaxes(prefix.value, 0, 1)[None],

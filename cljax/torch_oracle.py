@@ -440,6 +440,36 @@ def load_learner_state_dict(model: nn.Module, state: Dict[str, torch.Tensor]) ->
   model.load_state_dict(own, strict=True)
 
 
+@torch.no_grad()
+def evaluate_till_now(model: PromptedViT, tii_model: PromptedViT, test_sets, tasks, t: int,
+                      batch_size: int):
+  """The HiDe/NoRGa references' evaluation after task t (0-based), written for the oracle:
+  each test task i <= t in order, in batches of batch_size; the task-identity model's argmax
+  among the classes of tasks 0..t names the prompt; the prompted model's argmax over all classes
+  (no mask) is the prediction. test_sets: [(images [n, H, W, C] float32, labels [n])] per task;
+  tasks: the classes of each task. Returns (accuracy % per task, task-identity accuracy % per
+  task)."""
+  class_to_task = {int(k): i for i, classes in enumerate(tasks) for k in classes}
+  seen = torch.zeros(tii_model.head.out_features, dtype=torch.bool)
+  seen[[int(k) for s in tasks[: t + 1] for k in s]] = True
+  mapping = torch.tensor([class_to_task.get(k, 0) for k in range(len(seen))])
+  accuracy, identity = [], []
+  for i in range(t + 1):
+    images, labels = test_sets[i]
+    correct = task_correct = 0
+    for start in range(0, len(labels), batch_size):
+      x = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).permute(0, 3, 1, 2)
+      y = torch.from_numpy(np.asarray(labels[start:start + batch_size]))
+      tii_logits = tii_model(x)[1].masked_fill(~seen, float('-inf'))
+      task = mapping[tii_logits.argmax(-1)]
+      logits = model(x, task)[1]
+      correct += int((logits.argmax(-1) == y).sum())
+      task_correct += int((task == i).sum())
+    accuracy.append(100.0 * correct / len(labels))
+    identity.append(100.0 * task_correct / len(labels))
+  return accuracy, identity
+
+
 # ----------------------------------------------------------------------------- cljax vs oracle
 
 def rel_err(a, b) -> float:

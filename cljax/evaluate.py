@@ -83,19 +83,24 @@ def _config_names(method: str) -> Dict[str, str]:
   return {f.arg: f'config.{f.config}' for f in fields}
 
 
-def load_reference(experiment, path: str, stage: str):
-  """(grouped params with backbone, checkpoint) of a reference file for a stage of the run,
-  its method and args checked against the config."""
+def load_reference(config, stage_method, num_classes: int, num_tasks: int, path: str, stage: str):
+  """(grouped params with backbone, checkpoint) of a reference file for a stage of a run of
+  ``config`` (``stage_method``: that stage's `Method`), its method and args checked against the
+  config."""
   from cljax.checkpoints import reference  # pylint: disable=g-import-not-at-top
-  stage_setup = next(s for s in experiment.stages if s.name == stage)
-  method = 'task_identity' if stage == 'task_identity' else experiment.config.method
+  method = 'task_identity' if stage == 'task_identity' else config.method
   ckpt = reference.read(path)
   reference.check_method(ckpt, method, 'config.method' if stage == 'prompt' else 'the task-identity stage')
-  reference.check_args(ckpt, reference.expected_args(experiment.config, method, experiment.num_classes,
-                                                     experiment.num_tasks), _config_names(method))
-  params = reference.from_state_dict(method, ckpt.state_dict, reference.method_template(stage_setup.method),
-                                     what=path, layers=tuple(experiment.config.prompt.layers))
+  reference.check_args(ckpt, reference.expected_args(config, method, num_classes, num_tasks),
+                       _config_names(method))
+  params = reference.from_state_dict(method, ckpt.state_dict, reference.method_template(stage_method),
+                                     what=path, layers=tuple(config.prompt.layers))
   return params, ckpt
+
+
+def _load_stage(experiment, path: str, stage: str):
+  method = next(s for s in experiment.stages if s.name == stage).method
+  return load_reference(experiment.config, method, experiment.num_classes, experiment.num_tasks, path, stage)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -131,14 +136,14 @@ def evaluate(config, prompt: Dict[int, Any], task_identity: Optional[Dict[int, A
       batch = batch or config.eval_batch_size
     else:
       entry = {}
-      entry['prompt'], ckpt = load_reference(base, prompt[t], 'prompt')
+      entry['prompt'], ckpt = _load_stage(base, prompt[t], 'prompt')
       if ckpt.args and not batch and 'batch_size' in ckpt.args:
         batch = int(ckpt.args['batch_size'])
       if uses_tii:
         if t not in task_identity:
           raise CheckpointError(f'no task-identity checkpoint of task {t} (have: '
                                 f'{", ".join(map(str, sorted(task_identity)))})')
-        entry['task_identity'], _ = load_reference(base, task_identity[t], 'task_identity')
+        entry['task_identity'], _ = _load_stage(base, task_identity[t], 'task_identity')
     loaded[t] = entry
   batch = batch or config.batch_size
   c = config.copy_and_resolve_references()

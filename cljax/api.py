@@ -141,8 +141,9 @@ def training_logits(setup: Setup, params, method_state, backbone, images, task: 
   the task mask (``context(setup, task)['task_mask']``): HiDe/NoRGa use the task's entry of the
   momentum-mixed pool (prompt mask + momentum), DualPrompt/S-Prompt their forced entries, CODA
   freezes earlier components, SMoPE adds its adaptive noise (``dense=True``: the task-0 warm-up).
-  ``mask`` [B]: real examples (default all). Reference: the training forward of each method's
-  engine/learner (ALGORITHMS.md 2.3, 3, 4, 5.2)."""
+  ``mask`` [B]: real examples (default all). Reference: the training forward of each method
+  (MoE_PromptCL ``engines/norga_prompt_engine.py`` and ``engines/dp_engine.py``
+  train_one_epoch; SMoPE ``learners/prompt.py`` update_model, ``models/zoo.py``)."""
   fn = setup.method.train_forward
   if fn is None:
     raise ConfigError(f'method {setup.method.name} has no training forward')

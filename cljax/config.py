@@ -305,8 +305,8 @@ def protocol_warnings(c) -> list:
 
   * kv_layout='reference' with config.eval_batch_size != config.batch_size: the references
     ([N] ``datasets.py``: every test loader has ``batch_size=args.batch_size``) evaluate in
-    batches of the training batch size, and under the reshape quirk (ALGORITHMS.md 11.1) a test
-    image's prefix is its neighbours' predicted prompts, so the accuracy moves with the eval batch.
+    batches of the training batch size, and under the key/value reshape quirk (the prompt gather of
+    ``vits/norga_prompt_vision_transformer.py``) a test image's prefix is its neighbours' predicted prompts, so the accuracy moves with the eval batch.
   """
   out = []
   if (c.method in _KV_QUIRK_METHODS and c.prompt.kv_layout == 'reference'

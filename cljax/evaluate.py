@@ -62,12 +62,15 @@ def task_files(path: str, task: int = 0) -> Dict[int, str]:
     folder = os.path.join(path, 'checkpoint') if os.path.isdir(os.path.join(path, 'checkpoint')) else path
     found = {int(m.group(1)): os.path.join(folder, f) for f in sorted(os.listdir(folder))
              for m in [_TASK_FILE.search(f)] if m}
+    # The SMoPE repository: <log_dir>/models/repeat-R/task-T/class.pth (trainer.py).
+    found.update({int(m.group(1)): os.path.join(folder, f, 'class.pth') for f in sorted(os.listdir(folder))
+                  for m in [re.fullmatch(r'task-(\d+)', f)] if m and os.path.exists(os.path.join(folder, f, 'class.pth'))})
     if not found:
-      raise CheckpointError(f'{path} holds no task{{T}}_checkpoint.pth files')
+      raise CheckpointError(f'{path} holds no task{{T}}_checkpoint.pth files (nor task-T/class.pth)')
     return found
   if not os.path.exists(path):
     raise CheckpointError(f'checkpoint file {path} does not exist')
-  m = _TASK_FILE.search(os.path.basename(path))
+  m = _TASK_FILE.search(os.path.basename(path)) or re.search(r'task-(\d+)[/\\]class\.pth$', path)
   if task:
     if m and int(m.group(1)) != task:
       raise ConfigError(f'{path} is the checkpoint of task {m.group(1)}, --task={task}')

@@ -115,7 +115,9 @@ def detect(raw: Mapping[str, Any], path: str = 'checkpoint') -> Checkpoint:
   method = method_from_keys(sd)
   if args is not None and method in ('hideprompt', 'norga', 'l2p', 'dualprompt', 'sequential_head'):
     named = method_from_args(args)
-    if named is not None and not args.get('train_inference_task_only', False):
+    if args.get('train_inference_task_only', False) and method == 'sequential_head':
+      method = 'task_identity'      # a stage-1 model without MLP (original_model_mlp_structure=[])
+    elif named is not None and not args.get('train_inference_task_only', False):
       method = named
   return Checkpoint(path, method, METHOD_LAYOUT[method], sd, args)
 

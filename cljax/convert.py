@@ -90,7 +90,7 @@ def _ints(text: str):
   return tuple(int(x) for x in text.split(',') if x)
 
 
-def layout_config(method: str, args, ckpt_args):
+def layout_config(method: str, args, ckpt):
   """A cljax config holding the layout of ``method``: from the checkpoint's args where it has
   them, else from the flags (a flag that disagrees with the args is refused)."""
   from cljax import config as config_lib  # pylint: disable=g-import-not-at-top
@@ -99,26 +99,15 @@ def layout_config(method: str, args, ckpt_args):
   flags = {'gate_act': ('activation', str), 'e_prompt_layer_idx': ('prompt_layers', _ints),
            'length': ('length', int), 'size': ('pool', int), 'nb_classes': ('num_classes', int),
            'original_model_mlp_structure': ('mlp_hidden', _ints)}
-  values = {}
-  for arg, (flag, kind) in flags.items():
-    given = getattr(args, flag)
-    values[arg] = None if given is None else kind(given)
-  ckpt = ckpt_args or {}
-  if ckpt:
-    for arg, value in values.items():
-      if arg == 'gate_act' and method != 'norga':
-        continue
-      if value is not None and arg in ckpt and ckpt[arg] is not None:
-        want = tuple(ckpt[arg]) if isinstance(ckpt[arg], (list, tuple)) else ckpt[arg]
-        have = value
-        if isinstance(have, tuple) and not isinstance(want, tuple):
-          want = (want,)
-        if have != want:
-          fmt = lambda v: ','.join(map(str, v)) if isinstance(v, tuple) else str(v)
-          flag = flags[arg][0].replace('_', '-')
-          raise CheckpointError(f'{args.input}: checkpoint says {arg}={fmt(want)}, --{flag}={fmt(have)}')
-      if arg in ckpt and ckpt[arg] is not None and (arg != 'gate_act' or method == 'norga'):
-        values[arg] = tuple(ckpt[arg]) if isinstance(ckpt[arg], (list, tuple)) else ckpt[arg]
+  values = {arg: None if getattr(args, flag) is None else kind(getattr(args, flag))
+            for arg, (flag, kind) in flags.items()}
+  given = {arg: v for arg, v in values.items() if v is not None and (arg != 'gate_act' or method == 'norga')}
+  reference.check_args(ckpt, given, {arg: '--' + flag.replace('_', '-') for arg, (flag, _) in flags.items()})
+  saved = ckpt.args or {}
+  for arg in values:
+    if saved.get(arg) is not None and (arg != 'gate_act' or method == 'norga'):
+      values[arg] = tuple(saved[arg]) if isinstance(saved[arg], (list, tuple)) else saved[arg]
+  ckpt = saved
   if values['nb_classes'] is None:
     raise CheckpointError(f'{args.input} carries no args: give --num-classes')
   if method == 'norga' and values['gate_act'] is None:
@@ -144,7 +133,7 @@ def cmd_reference(args):
   method = args.method or ckpt.method
   if args.method:
     reference.check_method(ckpt, args.method, '--method')
-  c, num_classes = layout_config(method, args, ckpt.args)
+  c, num_classes = layout_config(method, args, ckpt)
   vit = _vit(args)
   from cljax import methods as methods_lib  # pylint: disable=g-import-not-at-top
   from cljax.continual import task_identity  # pylint: disable=g-import-not-at-top

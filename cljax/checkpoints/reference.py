@@ -273,7 +273,7 @@ def from_state_dict(method: str, sd: Mapping[str, np.ndarray], template: Mapping
   params = torch_names.from_state_dict(flat, rest, what=what)
   if method == 'coda':
     want = {f'prompt.{n}': v for n, v in template['prompts']['prompt'].items()}
-    _check_keys(prompts, {k: tuple(v.shape) for k, v in want.items()}, what)
+    torch_names.check_keys(prompts, {k: tuple(v.shape) for k, v in want.items()}, what)
     params['prompts'] = {'prompt': {k[len('prompt.'):]: np.asarray(prompts[k], np.float32) for k in want}}
     return params
   shape = tuple(template['prompts']['experts']['keys'].shape)     # [L, E, H, d]
@@ -283,7 +283,7 @@ def from_state_dict(method: str, sd: Mapping[str, np.ndarray], template: Mapping
                           f'the model has {shape[0]} prompted layers')
   want = {f'prompt.e_p{kind}_{layer}_{e}_{h}': (1, shape[3]) for kind in 'kv' for layer in layers
           for e in range(shape[1]) for h in range(shape[2])}
-  _check_keys(prompts, want, what)
+  torch_names.check_keys(prompts, want, what)
   experts = {}
   for kind, leaf in (('k', 'keys'), ('v', 'values')):
     stacked = np.zeros(shape, np.float32)
@@ -294,18 +294,6 @@ def from_state_dict(method: str, sd: Mapping[str, np.ndarray], template: Mapping
     experts[leaf] = stacked
   params['prompts'] = {'experts': experts}
   return params
-
-
-def _check_keys(got: Mapping[str, np.ndarray], want: Mapping[str, tuple], what: str) -> None:
-  missing = [k for k in want if k not in got]
-  unexpected = [k for k in got if k not in want]
-  if missing:
-    raise CheckpointError(f'{what} lacks {len(missing)} key(s) the model needs: {torch_names.name_list(missing)}')
-  if unexpected:
-    raise CheckpointError(f'{what} has {len(unexpected)} unexpected key(s): {torch_names.name_list(unexpected)}')
-  wrong = [f'{k} {tuple(np.shape(got[k]))} (model: {s})' for k, s in want.items() if tuple(np.shape(got[k])) != s]
-  if wrong:
-    raise CheckpointError(f'{what} has {len(wrong)} mis-shaped key(s): {torch_names.name_list(wrong, 4)}')
 
 
 # ----------------------------------------------------------------------------- files

@@ -193,3 +193,17 @@ def test_smope_learner_file_is_a_backbone_file_too(tmp_path):
   params, notes = backbones.load_backbone(str(path), CFG)
   ours = reference.load(str(path), reference.method_template(method))['backbone']
   flat_equal(params, ours)
+
+
+def test_reference_load_checks_args_against_the_model(tmp_path):
+  from cljax.models.assembly import PromptedViTSpec
+  from cljax.models.prompts import PoolSpec
+  c, method, model, run, state = setup('norga')
+  path = tmp_path / 'task5_checkpoint.pth'
+  save_reference('norga', c, model, path)
+  spec = lambda act: PromptedViTSpec(CFG, 10, PoolSpec((0, 1, 2), 5, 4, gate='norga', activation=act))
+  flat_equal(reference.load(str(path), spec('tanh')),
+             reference.load(str(path), reference.method_template(method)))
+  with pytest.raises(Exception) as e:
+    reference.load(str(path), spec('gelu'))
+  assert str(e.value) == f'{path}: checkpoint says gate_act=tanh, model activation=gelu'

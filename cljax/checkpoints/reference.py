@@ -313,8 +313,27 @@ def load(path: str, spec, method: Optional[str] = None, layers: Sequence[int] = 
   params (`method_template`); ``method`` picks the layout (default: detected from the file).
   Strict; raises CheckpointError naming the keys."""
   ckpt = read(path)
-  template = spec.template() if hasattr(spec, 'template') else spec
+  if hasattr(spec, 'template'):
+    check_args(ckpt, *_spec_args(spec, ckpt.method))
+    template = spec.template()
+  else:
+    template = spec
   return from_state_dict(method or ckpt.method, ckpt.state_dict, template, what=path, layers=layers)
+
+
+def _spec_args(spec, method: str):
+  """(expected args, names) of a `PromptedViTSpec`: what a checkpoint's args must agree with."""
+  expected, names = {'nb_classes': spec.num_classes}, {'nb_classes': 'model num_classes'}
+  if method == 'task_identity':
+    expected['original_model_mlp_structure'] = tuple(spec.mlp_hidden)
+    names['original_model_mlp_structure'] = 'model mlp_hidden'
+  elif spec.pool is not None:
+    pool = spec.pool
+    expected.update(e_prompt_layer_idx=tuple(pool.layers), length=pool.length, size=pool.pool_size)
+    names.update(e_prompt_layer_idx='model prompt layers', length='model length', size='model pool size')
+    if pool.gate == 'norga':
+      expected['gate_act'], names['gate_act'] = pool.activation, 'model activation'
+  return expected, names
 
 
 def export(path: str, params: Dict[str, Any], method: str = 'norga', layers: Sequence[int] = (),

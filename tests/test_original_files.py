@@ -19,6 +19,7 @@ from cljax.torch_oracle import rel_err
 
 DATA = os.path.join(os.path.dirname(__file__), 'data', 'original')
 EXPECTED = np.load(os.path.join(DATA, 'original_expected.npz'))
+DP_EXPECTED = np.load(os.path.join(DATA, 'original_dp_expected.npz'))
 IMAGES = EXPECTED['images']
 FWD = 1e-5
 
@@ -80,3 +81,25 @@ def test_original_file_refused_with_another_activation(capsys):
   with pytest.raises(SystemExit) as e:
     convert.main(['reference', path, '/tmp/unused.pth', '--activation', 'gelu'])
   assert str(e.value) == f'error: {path}: checkpoint says gate_act=tanh, --activation=gelu'
+
+
+KEYED = {'l2p': dict(layers=(0,), pool_size=6, length=2, top_k=2, batchwise_prompt=True),
+         'dualprompt': dict(layers=(2,), g_layers=(0, 1), g_length=2, pool_size=3, length=2, top_k=1,
+                            batchwise_prompt=False),
+         'sprompt': dict(layers=(0, 1, 2), pool_size=3, length=2, top_k=1, batchwise_prompt=False)}
+
+
+@pytest.mark.parametrize('name', sorted(KEYED))
+def test_original_keyed_file_gives_the_original_logits_and_choices(name):
+  c = config_lib.demo(name)
+  c.prompt.update(**KEYED[name])
+  method = methods_lib.build(c, vit(3), 6, 3)
+  path = os.path.join(DATA, f'{name}_task3_checkpoint.pth')
+  assert reference.read(path).method == name
+  params = reference.load(path, reference.method_template(method))
+  trainable = {k: v for k, v in params.items() if k != 'backbone'}
+  out, idx = method.predict(trainable, {}, params['backbone'], DP_EXPECTED['images'],
+                            jnp.zeros(6, jnp.int32), jnp.ones(6, bool))
+  assert rel_err(out, DP_EXPECTED[f'{name}_logits']) < FWD
+  # The same entries (L2P's vote ties: torch.topk leaves their order open; the logits agree).
+  assert np.array_equal(np.sort(np.asarray(idx), -1), np.sort(DP_EXPECTED[f'{name}_prompt_idx'], -1))

@@ -111,6 +111,8 @@ def detect(raw: Mapping[str, Any], path: str = 'checkpoint') -> Checkpoint:
   """Method and layout of a read checkpoint (`files.read`): from its ``args`` where the keys
   leave a choice (stage-2 HiDe-family files), else from its keys."""
   sd = files.unwrap(raw)
+  if sd and all(k.startswith('module.') for k in sd):   # saved from a DataParallel-wrapped model
+    sd = {k[len('module.'):]: v for k, v in sd.items()}
   args = _args_of(raw)
   method = method_from_keys(sd)
   if args is not None and method in ('hideprompt', 'norga', 'l2p', 'dualprompt', 'sequential_head'):

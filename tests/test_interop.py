@@ -116,7 +116,7 @@ def test_reference_checkpoint_both_ways(name, tmp_path):
   # cljax -> PyTorch: the export is the original state dict bit for bit ...
   exported = tmp_path / 'exported.pth'
   reference.export(str(exported), params, name, layers, args=reference.reference_args(c, name, 10, 5))
-  raw = torch.load(exported, weights_only=False)
+  raw = torch.load(exported, weights_only=True)     # args are a plain dict: safe to load
   saved = raw['model'] if reference.METHOD_LAYOUT[name] == 'hide' else raw
   first = torch.load(original, weights_only=False)
   first = first['model'] if reference.METHOD_LAYOUT[name] == 'hide' else first
@@ -161,7 +161,7 @@ def test_convert_reference_reads_args_and_refuses_another_activation(tmp_path, c
   convert.main(['reference', str(path), str(out)] + common)
   assert 'NoRGa (norga)' in capsys.readouterr().out
   saved = torch.load(out, weights_only=False)
-  assert saved['args'].gate_act == 'tanh'
+  assert saved['args']['gate_act'] == 'tanh'
   for key, value in model.state_dict().items():
     assert torch.equal(saved['model'][key], value), key
   with pytest.raises(SystemExit) as e:

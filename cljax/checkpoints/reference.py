@@ -341,11 +341,15 @@ def _spec_args(spec, method: str):
 def export(path: str, params: Dict[str, Any], method: str = 'norga', layers: Sequence[int] = (),
            args: Optional[argparse.Namespace] = None) -> Dict[str, np.ndarray]:
   """Write grouped cljax params (backbone included) as ``method``'s reference checkpoint:
-  ``{'model': state_dict, 'args': args}`` (HiDe layout; args if given) or the SMoPE learner's
+  ``{'model': state_dict, 'args': dict}`` (HiDe layout; args if given) or the SMoPE learner's
   flat state dict. Returns the state dict."""
   state_dict = to_state_dict(method, params, layers)
   if METHOD_LAYOUT[method] == 'hide':
-    extra = {'args': args} if args is not None else {}
+    # args as a plain dict (the references' own files pickle an argparse.Namespace): a dict of
+    # numbers, strings and lists loads with torch.load(weights_only=True), torch's default since
+    # 2.6; the reference code reads only checkpoint['model'].
+    extra = {'args': dict(vars(args)) if isinstance(args, argparse.Namespace) else dict(args)} \
+        if args is not None else {}
     files.write(path, state_dict, wrap_key='model', extra=extra)
   else:
     files.write(path, state_dict, wrap_key=None)

@@ -120,12 +120,78 @@ def train_step(setup: Setup, backbone, task: int = 0, method_state=None, lr: Opt
   return train
 
 
+def _arrays(tree):
+  """jax arrays for numpy leaves (e.g. `load_checkpoint`'s or `reference.load`'s params)."""
+  return jax.tree.map(jnp.asarray, tree)
+
+
 def predict(setup: Setup, params, method_state, backbone, images, task_ids):
-  """Logits [B, C] of images when example i uses the prompt of task task_ids[i]."""
+  """Logits [B, C] of images when example i uses the prompt of task task_ids[i] (test mode:
+  keyed methods match keys, SMoPE uses its test-time offsets; ids are ignored there)."""
   # jax.jit caches compilations per function, so wrapping the same predict again is free.
-  logits, _ = jax.jit(setup.method.predict)(params, method_state, backbone, images,
-                                            jnp.asarray(task_ids, jnp.int32), jnp.ones(len(images), bool))
+  logits, _ = jax.jit(setup.method.predict)(_arrays(params), _arrays(method_state), _arrays(backbone),
+                                            jnp.asarray(images), jnp.asarray(task_ids, jnp.int32),
+                                            jnp.ones(len(images), bool))
   return logits
+
+
+def training_logits(setup: Setup, params, method_state, backbone, images, task: int, mask=None,
+                    **flags):
+  """(logits [B, C], aux) of the forward the loss differentiates at ``task`` (0-based), before
+  the task mask (``context(setup, task)['task_mask']``): HiDe/NoRGa use the task's entry of the
+  momentum-mixed pool (prompt mask + momentum), DualPrompt/S-Prompt their forced entries, CODA
+  freezes earlier components, SMoPE adds its adaptive noise (``dense=True``: the task-0 warm-up).
+  ``mask`` [B]: real examples (default all). Reference: the training forward of each method
+  (MoE_PromptCL ``engines/norga_prompt_engine.py`` and ``engines/dp_engine.py``
+  train_one_epoch; SMoPE ``learners/prompt.py`` update_model, ``models/zoo.py``)."""
+  fn = setup.method.train_forward
+  if fn is None:
+    raise ConfigError(f'method {setup.method.name} has no training forward')
+  mask = jnp.ones(len(images), bool) if mask is None else jnp.asarray(mask, bool)
+  jitted = jax.jit(fn, static_argnames=tuple(flags))
+  return jitted(_arrays(params), _arrays(method_state), _arrays(backbone), jnp.asarray(images),
+                mask, jnp.asarray(task, jnp.int32), **flags)
+
+
+def smope_training_logits(setup: Setup, params, method_state, backbone, images, task: int, dense: bool = False):
+  """SMoPE's noisy training forward: `training_logits` of a SMoPE setup; aux['router'][layer]
+  holds the expert scores, the selected experts and the score range."""
+  if setup.method.name != 'smope':
+    raise ConfigError(f'smope_training_logits needs config.method=smope, not {setup.method.name}')
+  return training_logits(setup, params, method_state, backbone, images, task, dense=dense)
+
+
+def task_identity_method(setup: Setup):
+  """The stage-1 task-identity `Method` of a HiDe/NoRGa setup."""
+  stage = next((s for s in setup.experiment.stages if s.name == 'task_identity'), None)
+  if stage is None:
+    raise ConfigError(f'method {setup.method.name} has no task-identity model '
+                      f'(config.task_identity.enabled with hideprompt or norga)')
+  return stage.method
+
+
+def predict_task(setup: Setup, tii_params, backbone, images, task: int):
+  """(task ids [B], logits [B, C]) of the stage-1 model after ``task`` (0-based): the argmax
+  among the classes of tasks 0..task names the task ([N] evaluate: target_task_map)."""
+  from cljax.continual.task_identity import predict_task as to_task  # pylint: disable=g-import-not-at-top
+  tii = task_identity_method(setup)
+  logits, _ = jax.jit(tii.predict)(_arrays(tii_params), {}, _arrays(backbone), jnp.asarray(images),
+                                   jnp.zeros(len(images), jnp.int32), jnp.ones(len(images), bool))
+  split = _split(setup)
+  ids = to_task(logits, jnp.asarray(split.seen_mask(task)), jnp.asarray(split.class_to_task))
+  return ids, logits
+
+
+def load_checkpoint(setup: Setup, path: str, stage: str = 'prompt'):
+  """(params, backbone) as jax arrays from a reference checkpoint of the setup's method (its
+  repository's layout, `cljax.checkpoints.reference`) or, with stage='task_identity', of the
+  HiDe/NoRGa stage-1 model; a checkpoint of another method, or whose args disagree with the
+  config, raises CheckpointError naming both values."""
+  from cljax.evaluate import load_reference  # pylint: disable=g-import-not-at-top
+  method = task_identity_method(setup) if stage == 'task_identity' else setup.method
+  params, _ = load_reference(setup.config, method, setup.num_classes, setup.num_tasks, path, stage)
+  backbone = params.pop('backbone')
+  return _arrays(params), _arrays(backbone)
 
 
 def accuracy(setup: Setup, params, method_state, backbone, task: int, batch_size: int = 0) -> float:

@@ -27,6 +27,7 @@ BENCHMARKS = {
 METHODS = ('hideprompt', 'norga', 'l2p', 'dualprompt', 'sprompt', 'coda', 'smope', 'sequential_head')
 SCHEDULES = ('constant', 'step', 'cosine', 'smope_cosine', 'coswm')
 STATISTICS = ('covariance', 'variance', 'multi-centroid')
+STATISTICS_BATCHES = ('per_class', 'task')
 OPTIMIZERS = ('adam', 'sgd', 'adamw')
 IMR_SPLITS = ('coda', 'random_80_20')
 
@@ -108,7 +109,14 @@ def base() -> ml_collections.ConfigDict:
       experts_top_k=5, noise_eps=0.4, mu_router=1e-5, mu_router_old=1e-5,
       smope_eval_counts='reference',   # quirk 11.9: reference (counts reset) | saved
   ))
-  c.statistics = ml_collections.ConfigDict(dict(method='covariance', n_centroids=10))
+  c.statistics = ml_collections.ConfigDict(dict(
+      method='covariance', n_centroids=10,
+      # How the prompted features of the class statistics are batched (test transform; HiDe
+      # family): per_class = the references' per-class loaders (each class alone, shuffled, in
+      # batches of batch_size; under kv_layout='reference' a feature depends on its batch);
+      # task = the task's images in index order, classes mixed (cljax before issue 16).
+      batches='per_class',
+  ))
   c.schedule = ml_collections.ConfigDict(dict(decay_epochs=30, decay_rate=0.1, min_lr=1e-5))
   # Reference quirk 11.6: test logits over all classes (future-class rows unmasked).
   c.mask_test_logits = False
@@ -269,6 +277,8 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     raise one_of('alignment schedule (config.prompt.ca_schedule)', c.prompt.ca_schedule, ('cosine_epoch', 'coswm'))
   if c.benchmark.transforms not in ('hide', 'smope'):
     raise one_of('transforms (config.benchmark.transforms)', c.benchmark.transforms, ('hide', 'smope'))
+  if c.statistics.batches not in STATISTICS_BATCHES:
+    raise one_of('statistics batching (config.statistics.batches)', c.statistics.batches, STATISTICS_BATCHES)
   if c.statistics.method not in STATISTICS:
     raise one_of('statistics method (config.statistics.method)', c.statistics.method, STATISTICS)
   _check(c.batch_size >= 1 and c.eval_batch_size >= 1, 'config.batch_size and eval_batch_size must be >= 1')
@@ -297,6 +307,30 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
          f'config.task_identity.mlp_hidden={tuple(c.task_identity.mlp_hidden)} must hold positive widths')
   _check(c.statistics.n_centroids >= 1, f'config.statistics.n_centroids must be >= 1, got {c.statistics.n_centroids}')
   return c
+
+
+# Methods whose prefix gather has the key/value reshape quirk (11.1): their test accuracy depends
+# on how the test set is cut into batches when kv_layout='reference'.
+_KV_QUIRK_METHODS = ('hideprompt', 'norga', 'dualprompt', 'sprompt')
+
+
+def protocol_warnings(c) -> list:
+  """Valid settings that leave the references' protocol, one line each (the run prints them).
+
+  * kv_layout='reference' with config.eval_batch_size != config.batch_size: the references
+    ([N] ``datasets.py``: every test loader has ``batch_size=args.batch_size``) evaluate in
+    batches of the training batch size, and under the key/value reshape quirk (the prompt gather of
+    ``vits/norga_prompt_vision_transformer.py``) a test image's prefix is its neighbours' predicted prompts, so the accuracy moves with the eval batch.
+  """
+  out = []
+  if (c.method in _KV_QUIRK_METHODS and c.prompt.kv_layout == 'reference'
+      and c.eval_batch_size != c.batch_size):
+    out.append(f'config.eval_batch_size={c.eval_batch_size} differs from config.batch_size='
+               f'{c.batch_size}, the references\' evaluation batch: with '
+               f'config.prompt.kv_layout=\'reference\' a test image\'s prefix depends on its batch, '
+               f'so accuracies will not match the reference code; set config.eval_batch_size='
+               f'{c.batch_size} (or kv_layout=\'correct\')')
+  return out
 
 
 def _kind(value) -> str:
@@ -432,7 +466,9 @@ def demo(method: str = 'norga') -> ml_collections.ConfigDict:
   c.backbone.name = 'demo_fmnist'
   c.backbone.image_size = 28
   c.batch_size = 32
-  c.eval_batch_size = 64
+  # The references evaluate in batches of args.batch_size; under kv_layout='reference' a test
+  # image's prefix depends on its batch neighbours, so the eval batch is part of the protocol.
+  c.eval_batch_size = 32
   # The references' CIFAR-100 NoRGa cell, scaled to ~250 training images per task: more epochs
   # and larger learning rates (lr is still multiplied by batch/256), head at the prompt lr (as
   # the references' CUB configs), 20 alignment epochs.

@@ -12,7 +12,7 @@ torch (except to read .pth files). Importing this module requires torch.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -389,6 +389,85 @@ class SmopeViT(PromptedViT):
         for k in range(self.top_k):
           loss = loss + mu * F.cross_entropy(sampled @ cur.t(), targets[:, k])
     return loss
+
+
+def learner_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
+  """The oracle's SmopeViT/CodaViT state dict in the SMoPE repository's learner layout (what its
+  ``save_model`` writes as class.pth): the ViT under ``feat.``, the head as ``last.``, CODA's
+  ``prompt.e_{p,k,a}_{l}`` as they are, and SMoPE's stacked experts as one [1, d] key and value
+  per (layer, expert, head): ``prompt.e_pk_{layer}_{expert}_{head}``, ``prompt.e_pv_...``."""
+  out = {}
+  for key, value in model.state_dict().items():
+    if key in ('keys', 'values'):
+      kind = 'k' if key == 'keys' else 'v'
+      for j, layer in enumerate(model.expert_layers):
+        for e in range(value.shape[1]):
+          for h in range(value.shape[2]):
+            out[f'prompt.e_p{kind}_{layer}_{e}_{h}'] = value[j, e, h].unsqueeze(0).clone()
+    elif key.startswith('head.'):
+      out['last.' + key[len('head.'):]] = value
+    elif key.startswith('prompt.'):
+      out[key] = value
+    else:
+      out['feat.' + key] = value
+  return out
+
+
+def load_learner_state_dict(model: nn.Module, state: Dict[str, torch.Tensor]) -> None:
+  """The inverse of `learner_state_dict`, loaded strictly into the oracle model."""
+  own = {}
+  experts = {}
+  for key, value in state.items():
+    if key.startswith('prompt.e_pk_') or key.startswith('prompt.e_pv_'):
+      kind, layer, e, h = key[len('prompt.e_p'):].split('_')
+      experts[(kind, int(layer), int(e), int(h))] = value
+    elif key.startswith('last.'):
+      own['head.' + key[len('last.'):]] = value
+    elif key.startswith('feat.'):
+      own[key[len('feat.'):]] = value
+    else:
+      own[key] = value
+  if experts:
+    for kind, name in (('k', 'keys'), ('v', 'values')):
+      stacked = torch.zeros_like(getattr(model, name))
+      for j, layer in enumerate(model.expert_layers):
+        for e in range(stacked.shape[1]):
+          for h in range(stacked.shape[2]):
+            stacked[j, e, h] = experts.pop((kind, layer, e, h))[0]
+      own[name] = stacked
+    if experts:
+      raise KeyError(f'unexpected expert keys {sorted(experts)[:4]}')
+  model.load_state_dict(own, strict=True)
+
+
+@torch.no_grad()
+def evaluate_till_now(model: PromptedViT, tii_model: PromptedViT, test_sets, tasks, t: int,
+                      batch_size: int):
+  """The HiDe/NoRGa references' evaluation after task t (0-based), written for the oracle:
+  each test task i <= t in order, in batches of batch_size; the task-identity model's argmax
+  among the classes of tasks 0..t names the prompt; the prompted model's argmax over all classes
+  (no mask) is the prediction. test_sets: [(images [n, H, W, C] float32, labels [n])] per task;
+  tasks: the classes of each task. Returns (accuracy % per task, task-identity accuracy % per
+  task)."""
+  class_to_task = {int(k): i for i, classes in enumerate(tasks) for k in classes}
+  seen = torch.zeros(tii_model.head.out_features, dtype=torch.bool)
+  seen[[int(k) for s in tasks[: t + 1] for k in s]] = True
+  mapping = torch.tensor([class_to_task.get(k, 0) for k in range(len(seen))])
+  accuracy, identity = [], []
+  for i in range(t + 1):
+    images, labels = test_sets[i]
+    correct = task_correct = 0
+    for start in range(0, len(labels), batch_size):
+      x = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).permute(0, 3, 1, 2)
+      y = torch.from_numpy(np.asarray(labels[start:start + batch_size]))
+      tii_logits = tii_model(x)[1].masked_fill(~seen, float('-inf'))
+      task = mapping[tii_logits.argmax(-1)]
+      logits = model(x, task)[1]
+      correct += int((logits.argmax(-1) == y).sum())
+      task_correct += int((task == i).sum())
+    accuracy.append(100.0 * correct / len(labels))
+    identity.append(100.0 * task_correct / len(labels))
+  return accuracy, identity
 
 
 # ----------------------------------------------------------------------------- cljax vs oracle

@@ -359,15 +359,21 @@ class TorchPipeline:
       self._stage1_features = (t,) + self._train_features(name, t, False)
     return self._stage1_features[1:]
 
-  def _train_features(self, name: str, t: int, train_tf: bool):
+  def _train_features(self, name: str, t: int, train_tf: bool, per_class: bool = False):
+    """As Experiment._train_features (per_class: each class alone, shuffled, as the
+    references' per-class loaders)."""
     c = self.config
     self.models[name].eval()
-    indices = self.data.train.indices_of(self.split.tasks[t])
+    groups = [(self.split.tasks[t], (c.seed, 9, t), train_tf)]
+    if per_class:
+      groups = [([k], (c.seed, 9, t, int(k)), True) for k in self.split.tasks[t]]
     feats, labels = [], []
     with torch.no_grad():
-      for batch in self._batches(self.data.train, indices, c.batch_size, train_tf, (c.seed, 9, t), train_tf):
-        feats.append(self.features(name, batch.images, t).numpy().astype(np.float32))
-        labels.append(batch.labels.numpy())
+      for classes, seed, shuffle in groups:
+        indices = self.data.train.indices_of(classes)
+        for batch in self._batches(self.data.train, indices, c.batch_size, train_tf, seed, shuffle):
+          feats.append(self.features(name, batch.images, t).numpy().astype(np.float32))
+          labels.append(batch.labels.numpy())
     return np.concatenate(feats), np.concatenate(labels)
 
   def test_features(self, i: int) -> List[torch.Tensor]:
@@ -389,7 +395,9 @@ class TorchPipeline:
     if self.reuses_features(name):
       feats, labels = self.frozen_train_features(name, t)
     else:
-      feats, labels = self._train_features(name, t, self.stages[name].method.statistics_train_transform)
+      train_tf = self.stages[name].method.statistics_train_transform
+      feats, labels = self._train_features(name, t, train_tf,
+                                           per_class=c.statistics.batches == 'per_class' and not train_tf)
     classes = [k for k in self.split.tasks[t] if (labels == k).any()]
     self.stats[name] = alignment.update_statistics(self.stats[name], feats, labels, classes,
                                                    c.statistics.n_centroids, c.seed)

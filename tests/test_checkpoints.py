@@ -233,7 +233,7 @@ def test_convert_commands(pair, tmp_path, capsys):
   ref = tmp_path / 'task2_checkpoint.pth'
   torch.save({'model': pair.torch.state_dict(), 'epoch': 1}, ref)
   convert.main(['inspect', str(ref)])
-  assert 'reference prompt-stage checkpoint' in capsys.readouterr().out
+  assert 'NoRGa (norga) in the MoE_PromptCL/HiDe-Prompt training checkpoint layout' in capsys.readouterr().out
   args = ['--model', 'vit_ti8', '--image-size', '32', '--num-classes', '5', '--gate', 'norga',
           '--prompt-layers', '0,1', '--length', '4', '--pool', '3']
   # The oracle here is a 2-block, 64-wide model: vit_ti8 has 12 blocks, so the check must fail

@@ -145,7 +145,7 @@ def test_exported_task_checkpoint_runs_in_the_pytorch_oracle(full_run, tmp_path)
   from cljax.continual import task_checkpoints
   workdir, _ = full_run
   out = tmp_path / 'task5_checkpoint.pth'
-  convert.main(['export', workdir, str(out), '--task', '4'])
+  convert.main(['export', workdir, str(out), '--task', '5'])
   state = torch.load(out, weights_only=True)['model']
   assert state['e_prompt.prompt'].shape == (3, 2, 5, 4, 4, 32)
   assert state['e_prompt.act_scale'].shape == (3, 2, 1, 1)
@@ -159,5 +159,5 @@ def test_exported_task_checkpoint_runs_in_the_pytorch_oracle(full_run, tmp_path)
   _, ours, _ = spec(params, x, idx)
   _, ref = model(torch.from_numpy(x).permute(0, 3, 1, 2), torch.from_numpy(idx))
   np.testing.assert_allclose(np.asarray(ours), ref.detach().numpy(), rtol=1e-4, atol=1e-5)
-  with pytest.raises(SystemExit, match='no prompt checkpoint of task 7'):
-    convert.main(['export', workdir, str(out), '--task', '7'])
+  with pytest.raises(SystemExit, match='no prompt checkpoint of task 8'):
+    convert.main(['export', workdir, str(out), '--task', '8'])

@@ -25,7 +25,8 @@ from cljax.errors import CheckpointError
 from cljax.models.vit import VisionTransformer, ViTConfig
 
 BACKBONE_PREFIXES = ('cls_token', 'pos_embed', 'patch_embed.', 'blocks.', 'norm.')
-STRIP_PREFIXES = ('module.base_encoder.', 'module.', 'backbone.', 'encoder.')
+# feat.: the SMoPE repository's learner file (its ViT is ViTZoo.feat).
+STRIP_PREFIXES = ('module.base_encoder.', 'module.', 'backbone.', 'encoder.', 'feat.')
 
 
 # ----------------------------------------------------------------------------- Google npz

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
 
@@ -88,15 +88,17 @@ def unwrap(obj: Mapping[str, Any]) -> Dict[str, np.ndarray]:
   return flat
 
 
-def write(path: str, state_dict: Mapping[str, np.ndarray], wrap_key: str = 'model') -> None:
-  """Write a flat state dict: ``.pth`` as ``{wrap_key: state_dict}`` (the references' training
-  checkpoint layout), ``.safetensors`` flat, ``.npz`` flat."""
+def write(path: str, state_dict: Mapping[str, np.ndarray], wrap_key: str = 'model',
+          extra: Optional[Mapping[str, Any]] = None) -> None:
+  """Write a flat state dict: ``.pth`` as ``{wrap_key: state_dict, **extra}`` (the references'
+  training checkpoint layout, e.g. extra={'args': Namespace}), ``.safetensors`` flat, ``.npz``
+  flat (``extra`` is dropped there)."""
   suffix = os.path.splitext(path)[1].lower()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   if suffix in TORCH_SUFFIXES:
     torch = _torch()
     tensors = {k: torch.from_numpy(np.array(v, copy=True)) for k, v in state_dict.items()}
-    torch.save({wrap_key: tensors} if wrap_key else tensors, path)
+    torch.save({wrap_key: tensors, **dict(extra or {})} if wrap_key else tensors, path)
   elif suffix == '.safetensors':
     from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
     save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, path)

@@ -87,6 +87,21 @@ def name_list(keys: Iterable[str], limit: int = 8) -> str:
   return shown + (f' and {len(keys) - limit} more' if len(keys) > limit else '')
 
 
+def check_keys(state_dict: Mapping[str, np.ndarray], shapes: Mapping[str, tuple], what: str) -> None:
+  """A state dict holds exactly the keys of ``shapes`` with those shapes; else a CheckpointError
+  naming the missing, unexpected or mis-shaped keys."""
+  missing = [k for k in shapes if k not in state_dict]
+  unexpected = [k for k in state_dict if k not in shapes]
+  if missing:
+    raise CheckpointError(f'{what} lacks {len(missing)} key(s) the model needs: {name_list(missing)}')
+  if unexpected:
+    raise CheckpointError(f'{what} has {len(unexpected)} unexpected key(s): {name_list(unexpected)}')
+  wrong = [f'{k} {tuple(np.shape(state_dict[k]))} (model: {shape})'
+           for k, shape in shapes.items() if tuple(np.shape(state_dict[k])) != tuple(shape)]
+  if wrong:
+    raise CheckpointError(f'{what} has {len(wrong)} mis-shaped key(s): {name_list(wrong, 4)}')
+
+
 def from_state_dict(state_dict: Mapping[str, np.ndarray], template: Mapping[str, Any],
                     what: str = 'checkpoint') -> Dict[str, Any]:
   """Flat PyTorch state dict -> grouped cljax params shaped like ``template``.
@@ -96,16 +111,7 @@ def from_state_dict(state_dict: Mapping[str, np.ndarray], template: Mapping[str,
   their dtype).
   """
   expected = key_map(template)
-  missing = [k for k in expected if k not in state_dict]
-  unexpected = [k for k in state_dict if k not in expected]
-  if missing:
-    raise CheckpointError(f'{what} lacks {len(missing)} key(s) the model needs: {name_list(missing)}')
-  if unexpected:
-    raise CheckpointError(f'{what} has {len(unexpected)} unexpected key(s): {name_list(unexpected)}')
-  wrong = [f'{k} {tuple(np.shape(state_dict[k]))} (model: {shape})'
-           for k, (_, _, shape) in expected.items() if tuple(np.shape(state_dict[k])) != shape]
-  if wrong:
-    raise CheckpointError(f'{what} has {len(wrong)} mis-shaped key(s): {name_list(wrong, 4)}')
+  check_keys(state_dict, {k: shape for k, (_, _, shape) in expected.items()}, what)
   flat = {}
   for key, (group, path, _) in expected.items():
     value = np.asarray(state_dict[key])

@@ -288,23 +288,29 @@ def task_directory(workdir: str) -> str:
   return os.path.abspath(os.path.join(workdir, 'checkpoints', 'tasks'))
 
 
-def load_params(workdir: str, task: int, stage: str = 'prompt'):
-  """Grouped params (backbone included) of a finished stage of task ``task`` (0-based), as the
-  references' model held them: for `python -m cljax.convert export`."""
+def run_config(workdir: str):
+  """The config a cljax workdir was run with (its config.json)."""
   from cljax import config as config_lib  # pylint: disable=g-import-not-at-top
-  from cljax.continual import trainer  # pylint: disable=g-import-not-at-top
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
     raise CheckpointError(f'{workdir} holds no cljax run (no config.json)')
   with open(path) as f:
-    config = config_lib.from_json(json.load(f))
-  experiment = trainer.Experiment(config, workdir, load_data=False)
+    return config_lib.from_json(json.load(f))
+
+
+def load_params(workdir: str, task: int, stage: str = 'prompt', experiment=None):
+  """Grouped params (backbone included) of a finished stage of task ``task`` (0-based), as the
+  references' model held them: for `python -m cljax.convert export` and `cljax.evaluate`
+  (``experiment``: the run's `trainer.Experiment`, built from its config if not given)."""
+  from cljax.continual import trainer  # pylint: disable=g-import-not-at-top
+  if experiment is None:
+    experiment = trainer.Experiment(run_config(workdir), workdir, load_data=False)
   step = stage_step(task, stage)
   # Read-only: a run may be writing to this workdir (its temporary directories must stay).
   manager = ocp.CheckpointManager(task_directory(workdir),
                                   options=ocp.CheckpointManagerOptions(read_only=True))
   if step not in manager.all_steps():
-    raise CheckpointError(f'{workdir} has no {stage} checkpoint of task {task} '
+    raise CheckpointError(f'{workdir} has no {stage} checkpoint of task {task + 1} '
                           f'(completed steps: {sorted(manager.all_steps())})')
   template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), experiment.stage_template(stage))
   path = os.path.join(str(manager.directory), str(step))

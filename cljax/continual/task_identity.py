@@ -43,8 +43,13 @@ def frozen_backbone_classifier(name: str, config, vit_cfg, num_classes: int, mlp
     full = {'backbone': backbone, **params}
     return model.logits(full, model.features(full, images)[0]), prompt_ids
 
+  def train_forward(params, state, backbone, images, mask, t):
+    full = {'backbone': backbone, **params}
+    pre = model.features(full, images)[0]
+    return model.logits(full, pre), {'pre_logits': pre}
+
   return Method(name, model, init, lambda p, t: jax.tree.map(lambda _: 1.0, p), loss,
-                features, predict, head_loss=head_loss, **method_options)
+                features, predict, head_loss=head_loss, train_forward=train_forward, **method_options)
 
 
 def build(config, vit_cfg, num_classes: int) -> Method:

@@ -145,6 +145,8 @@ class Experiment:
     if c.method == 'dualprompt':
       check_prompt_layers(c.prompt.g_layers, self.vit_cfg.depth, 'config.prompt.g_layers')
     self.method = methods_lib.build(c, self.vit_cfg, self.num_classes, self.num_tasks)
+    for warning in config_lib.protocol_warnings(c) if verbose else ():
+      self._log(f'warning: {warning}')
     self.stages = []
     if self.method.uses_task_identity and c.task_identity.enabled:
       tii = task_identity.build(c, self.vit_cfg, self.num_classes)
@@ -272,18 +274,25 @@ class Experiment:
           lambda batch: features(self.backbone, batch.images), t, train_transform=False)
     return self._stage_features[stage.name][1:]
 
-  def _train_features(self, features, t: int, train_transform: bool):
+  def _train_features(self, features, t: int, train_transform: bool, per_class: bool = False):
     """(features [n, D] float32, labels [n]) on the host: ``features(batch)`` over task t's
     training images (the statistics pass: its own seed; shuffled only with the train transform,
-    as the references' loaders), padding rows dropped."""
-    indices = self.data.train.indices_of(self.split.tasks[t])
+    as the references' loaders), padding rows dropped.
+
+    ``per_class``: one class at a time, its images shuffled, in batches of batch_size: the
+    references' per-class loaders ([N] ``datasets.py`` split_single_class_dataset, RandomSampler;
+    ``_compute_mean`` in both engines)."""
+    groups = [(self.split.tasks[t], (self.config.seed, 9, t), train_transform)]
+    if per_class:
+      groups = [([k], (self.config.seed, 9, t, int(k)), True) for k in self.split.tasks[t]]
     feats, labels = [], []
-    for batch in self._train_batches(indices, train_transform, (self.config.seed, 9, t),
-                                     shuffle=train_transform):
-      interrupts.check()
-      keep = parallel.to_host(batch.mask)
-      feats.append(parallel.to_host(features(batch)).astype(np.float32)[keep])
-      labels.append(parallel.to_host(batch.labels)[keep])
+    for classes, seed, shuffle in groups:
+      for batch in self._train_batches(self.data.train.indices_of(classes), train_transform, seed,
+                                       shuffle=shuffle):
+        interrupts.check()
+        keep = parallel.to_host(batch.mask)
+        feats.append(parallel.to_host(features(batch)).astype(np.float32)[keep])
+        labels.append(parallel.to_host(batch.labels)[keep])
     return np.concatenate(feats), np.concatenate(labels)
 
   # --------------------------------------------------------------------------- state
@@ -480,7 +489,8 @@ class Experiment:
       feats, labels = self._train_features(
           lambda batch: steps['features'](stage_state['params'], stage_state['method_state'],
                                           self.backbone, batch.images, t_arr, batch.mask),
-          t, stage.method.statistics_train_transform)
+          t, stage.method.statistics_train_transform,
+          per_class=c.statistics.batches == 'per_class' and not stage.method.statistics_train_transform)
     classes = [k for k in self.split.tasks[t] if (labels == k).any()]
     stats = alignment.update_statistics(stage_state['stats'], feats, labels, classes,
                                         c.statistics.n_centroids, c.seed)

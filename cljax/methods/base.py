@@ -77,6 +77,11 @@ class Method:
   # head_loss(params, state, features, labels, mask, t, context) -> (loss, metrics), so a stage
   # can train on features computed once (config.task_identity.reuse_features).
   head_loss: Optional[Callable] = None
+  # The forward the loss differentiates, for parity scripts (`cljax.api.training_logits`):
+  # train_forward(params, state, backbone, images, mask, t, **flags) -> (logits [B, C] before the
+  # task mask, aux) with the training-time prompt choice (the task's entry, prompt momentum,
+  # forced keyed entries, SMoPE's adaptive noise).
+  train_forward: Optional[Callable] = None
 
   def training_phases(self, t: int, epochs: int) -> Sequence[Phase]:
     return self.phases(t, epochs) if self.phases else [Phase('train', epochs)]

@@ -119,8 +119,14 @@ def build(config, vit_cfg, num_classes: int, num_tasks: int) -> Method:
     pre, _ = model.backbone.apply({'params': backbone}, images, prefixes=inputs)
     return pre, model.logits({'backbone': backbone, **params}, pre), penalty
 
-  def loss(params, state, backbone, images, labels, mask, t, context):
+  def train_forward(params, state, backbone, images, mask, t):
+    """Training-mode logits (components of tasks < t frozen); aux = {'ortho'}."""
     _, logits, penalty = forward(params, backbone, images, t, train=True)
+    return logits, {'ortho': penalty}
+
+  def loss(params, state, backbone, images, labels, mask, t, context):
+    logits, aux = train_forward(params, state, backbone, images, mask, t)
+    penalty = aux['ortho']
     logits = mask_logits(logits, context['task_mask'])
     ce = cross_entropy(logits, labels, mask)
     return ce + penalty, {'ce': ce, 'ortho': penalty, 'accuracy': accuracy(logits, labels, mask)}
@@ -137,4 +143,4 @@ def build(config, vit_cfg, num_classes: int, num_tasks: int) -> Method:
                 begin_task=begin_task,
                 uses_statistics=True, statistics_train_transform=True,
                 alignment_samples_per_class=int(config.batch_size * p.ca_samples_ratio),
-                mask_test_logits=True)
+                mask_test_logits=True, train_forward=train_forward)

@@ -22,6 +22,7 @@ from cljax.models.prompts import PoolSpec
 
 def momentum_pool(prompt, t, momentum: float):
   """The pool used in training: entry t replaced by (1-m) P_t + m sg(mean_{s<t} P_s) (t > 0)."""
+  prompt = jnp.asarray(prompt)     # numpy pools (a loaded checkpoint) have no .at
   if momentum <= 0:
     return prompt
   pool_size = prompt.shape[2]
@@ -69,12 +70,19 @@ def build_prompted(config, vit_cfg, num_classes: int, num_tasks: int) -> Method:
     return {'prompts': {'e_prompt': e_prompt},
             'classifier': jax.tree.map(lambda _: head_multiplier, params['classifier'])}
 
-  def loss(params, state, backbone, images, labels, mask, t, context):
+  def train_forward(params, state, backbone, images, mask, t):
+    """Training-mode logits: every example uses task t's entry of the momentum-mixed pool
+    (the references' prompt_mask and prompt_momentum); aux = {'pre_logits'}."""
     prompt = momentum_pool(params['prompts']['e_prompt']['prompt'], t, momentum)
     idx = jnp.full(images.shape[0], t, jnp.int32)
     full = {'backbone': backbone, **params}
     pre, _ = model.features(full, images, idx, prompt=prompt, num_valid=mask.sum())
-    logits = mask_logits(model.logits(full, pre), context['task_mask'])
+    return model.logits(full, pre), {'pre_logits': pre}
+
+  def loss(params, state, backbone, images, labels, mask, t, context):
+    logits, aux = train_forward(params, state, backbone, images, mask, t)
+    pre = aux['pre_logits']
+    logits = mask_logits(logits, context['task_mask'])
     ce = cross_entropy(logits, labels, mask)
     total = ce
     metrics = {'ce': ce}
@@ -110,7 +118,8 @@ def build_prompted(config, vit_cfg, num_classes: int, num_tasks: int) -> Method:
                 begin_task=begin_task, end_task=end_task, uses_task_identity=True,
                 uses_statistics=True, chooses_prompts=True,
                 predict_per_example=make_predict(False) if batchwise else None,
-                alignment_samples_per_class=int(p.ca_samples_ratio * config.batch_size))
+                alignment_samples_per_class=int(p.ca_samples_ratio * config.batch_size),
+                train_forward=train_forward)
 
 
 def build_sequential_head(config, vit_cfg, num_classes: int, num_tasks: int) -> Method:

@@ -104,9 +104,16 @@ def build(config, vit_cfg, num_classes: int, num_tasks: int) -> Method:
       idx = jnp.where(fits, jnp.broadcast_to(forced[None], idx.shape), idx)
     return idx, keys_n, query_n
 
-  def loss(params, state, backbone, images, labels, mask, t, context):
+  def train_forward(params, state, backbone, images, mask, t):
+    """Training-mode logits: key matching, or task t's entries where forced (prompt_mask);
+    aux = {'idx', 'keys_n', 'query_n'}."""
     idx, keys_n, query_n = choose(params, backbone, images, mask, t, train=True)
-    logits = mask_logits(forward(params, backbone, images, idx, mask), context['task_mask'])
+    return forward(params, backbone, images, idx, mask), {'idx': idx, 'keys_n': keys_n, 'query_n': query_n}
+
+  def loss(params, state, backbone, images, labels, mask, t, context):
+    logits, aux = train_forward(params, state, backbone, images, mask, t)
+    idx, keys_n, query_n = aux['idx'], aux['keys_n'], aux['query_n']
+    logits = mask_logits(logits, context['task_mask'])
     ce = cross_entropy(logits, labels, mask)
     sim = pull_similarity(keys_n, query_n, idx, mask)
     return ce - pull * sim, {'ce': ce, 'key_similarity': sim, 'accuracy': accuracy(logits, labels, mask)}
@@ -133,4 +140,5 @@ def build(config, vit_cfg, num_classes: int, num_tasks: int) -> Method:
 
   return Method(name, model, init, lambda prm, t: jax.tree.map(lambda _: 1.0, prm), loss, features,
                 make_predict(batchwise), begin_task=begin_task, chooses_prompts=True,
-                predict_per_example=make_predict(False) if batchwise else None)
+                predict_per_example=make_predict(False) if batchwise else None,
+                train_forward=train_forward)

@@ -124,8 +124,15 @@ def build(config, vit_cfg, num_classes: int, num_tasks: int) -> Method:
                                     prefixes=experts_for(params, state, train, dense, counts))
     return pre, model.logits({'backbone': backbone, **params}, pre), aux['router']
 
-  def loss(params, state, backbone, images, labels, mask, t, context, dense=False):
+  def train_forward(params, state, backbone, images, mask, t, dense=False):
+    """The noisy training forward: frequently used experts' scores lowered by eps x range
+    before the top-K (dense: every expert); aux = {'router': per layer scores, selection}."""
     _, logits, router = forward(params, state, backbone, images, train=True, dense=dense)
+    return logits, {'router': router}
+
+  def loss(params, state, backbone, images, labels, mask, t, context, dense=False):
+    logits, router = train_forward(params, state, backbone, images, mask, t, dense)
+    router = router['router']
     logits = mask_logits(logits, context['task_mask'])
     ce = cross_entropy(logits, labels, mask)
     metrics = {'ce': ce, 'accuracy': accuracy(logits, labels, mask)}
@@ -173,4 +180,4 @@ def build(config, vit_cfg, num_classes: int, num_tasks: int) -> Method:
                 begin_task=begin_task, phases=phases, after_training=after_training,
                 uses_statistics=True, statistics_train_transform=True,
                 alignment_samples_per_class=int(config.batch_size * p.ca_samples_ratio),
-                mask_test_logits=True)
+                mask_test_logits=True, train_forward=train_forward)

@@ -49,7 +49,8 @@ def base() -> ml_collections.ConfigDict:
       data_dir='',              # tfds data_dir ('' = tfds default, ~/tensorflow_datasets)
       shuffle_classes=True,     # random.shuffle(class list) with Python's random seeded by seed
       imr_split='coda',         # ImageNet-R split (ALGORITHMS.md D3): coda | random_80_20
-      imr_split_file='',        # the CODA/SMoPE split lists (yaml), for imr_split=coda
+      imr_split_file='',        # a folder with CODA/SMoPE yaml lists ('' = the lists cljax ships)
+      imr_split_seed=0,         # imr_split=random_80_20: the split's own seed (every run seed reuses it)
       notmnist_dir='',          # folder with notMNIST Train/ and Test/ (5-Datasets)
       test_fraction=0.3,        # split_digits: stratified test share
       # Reference quirk 11.4: 5-Datasets members after CIFAR-10 keep CIFAR's transforms.

@@ -39,9 +39,8 @@ def main(argv):
   except CljaxError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
-  print(f'final average accuracy {results["final_average_accuracy"]:.2f} | cumulative '
-        f'{results["cumulative_average_accuracy"]:.2f} | forgetting {results["forgetting"]:.2f} | '
-        f'task identity {results["task_identity_accuracy"]:.2f}  ({_WORKDIR.value}/results.json)')
+  from cljax.continual.metrics import summary_line  # pylint: disable=g-import-not-at-top
+  print(f'{summary_line(results, results.get("metric_definition", ""))}  ({_WORKDIR.value}/results.json)')
 
 
 def run():

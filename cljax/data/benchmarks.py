@@ -91,10 +91,12 @@ def tfds_split(name: str, split: str, data_dir: str = '', manual_dir: str = ''):
   """(random-access source, info) of a tfds split; offline builders are prepared on first use."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from cljax.data import builders  # pylint: disable=g-import-not-at-top,unused-import  (registers)
+  check_format(name, data_dir)
   try:
     builder = tfds.builder(name, data_dir=data_dir or None, file_format='array_record')
   except Exception as e:  # unknown name etc.
     raise DataError(f'tfds has no builder {name!r}: {str(e).splitlines()[0]}') from e
+  check_complete(builder, name, data_dir)
   image_feature = builder.info.features['image']
   decoders = None
   if isinstance(image_feature, tfds.features.Image):
@@ -106,13 +108,62 @@ def tfds_split(name: str, split: str, data_dir: str = '', manual_dir: str = ''):
       raise DataError(f'{_prepare_hint(name, data_dir)} ({str(e).strip().splitlines()[0]})') from e
   kwargs = {}
   if manual_dir:
-    if not os.path.isdir(manual_dir):
+    if hasattr(builder, 'check_manual_dir'):
+      builder.check_manual_dir(manual_dir)
+    elif not os.path.isdir(manual_dir):
       raise DataError(f'{name}: folder {manual_dir} does not exist. '
                       f'{getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", "")}')
     kwargs['download_config'] = tfds.download.DownloadConfig(manual_dir=manual_dir)
-  builder.download_and_prepare(file_format='array_record', **kwargs)
-  source = builder.as_data_source(split, decoders=decoders)
+  try:
+    builder.download_and_prepare(file_format='array_record', **kwargs)
+    source = builder.as_data_source(split, decoders=decoders)
+  except DataError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise DataError(f'preparing tfds dataset {name!r} under {data_dir or "~/tensorflow_datasets"} '
+                    f'failed: {first}') from e
   return source, builder.info
+
+
+def check_format(name: str, data_dir: str) -> None:
+  """Raise DataError if ``name`` is prepared under ``data_dir`` only in another file format than
+  the array_record cljax reads (tfds's default, tfrecord, needs TensorFlow to read): the line
+  says how to convert or re-prepare it."""
+  import glob  # pylint: disable=g-import-not-at-top
+  import json  # pylint: disable=g-import-not-at-top
+  root = os.path.expanduser(data_dir or os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets'))
+  formats = {}
+  for path in glob.glob(os.path.join(root, name, '**', 'dataset_info.json'), recursive=True):
+    try:
+      with open(path) as f:
+        formats[os.path.dirname(path)] = json.load(f).get('fileFormat', 'tfrecord')
+    except (OSError, ValueError):
+      continue
+  if formats and 'array_record' not in formats.values():
+    folder, fmt = sorted(formats.items())[-1]
+    raise DataError(
+        f'tfds dataset {name!r} is prepared as {fmt} in {folder}, but cljax reads array_record: '
+        f'convert it with `tfds convert_format --dataset_version_dir={folder} '
+        f'--out_file_format=array_record` (needs pip install -e .[prepare]), or delete {folder} and '
+        f'run `python -m cljax.data.prepare {name} --data_dir={data_dir or "~/tensorflow_datasets"}`')
+
+
+def check_complete(builder, name: str, data_dir: str) -> None:
+  """Raise DataError if ``builder``'s prepared folder lacks some of the files its
+  dataset_info.json lists (an interrupted or partly deleted preparation)."""
+  folder = str(builder.data_dir)
+  if not os.path.isfile(os.path.join(folder, 'dataset_info.json')):
+    return
+  files = set(os.listdir(folder))
+  expected = [os.path.basename(str(p)) for split_info in builder.info.splits.values()
+              for p in getattr(split_info, 'filepaths', [])]
+  lacking = [f for f in expected if f not in files]
+  if lacking:
+    raise DataError(
+        f'tfds dataset {name!r} in {folder} is incomplete: {len(lacking)} of {len(expected)} '
+        f'files are missing (e.g. {lacking[0]}); delete {folder} and run `python -m '
+        f'cljax.data.prepare {name} --data_dir={data_dir or "~/tensorflow_datasets"}`')
 
 
 def _decode(value) -> np.ndarray:

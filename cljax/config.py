@@ -119,7 +119,10 @@ def base() -> ml_collections.ConfigDict:
   # layers where it is exact (no prefix or a linear-gate prefix), for cuDNN flash attention on GPU.
   c.attention = 'explicit'
   c.dry_run = False             # every task and stage for dry_run_steps on synthetic inputs
-  c.dry_run_steps = 2
+  c.dry_run_steps = 1
+  # The dry run's batch (cljax/dry_run.py): 0 = the real batch on an accelerator that holds it,
+  # else 2 per device; the dry run reports what the real batch would need either way.
+  c.dry_run_batch_size = 0
   c.log_every_steps = 50
   c.model_override = ''         # e.g. 'vit_ti16' for tiny CI runs of a paper config
   c.stop_after_task = 0         # > 0: stop cleanly after this many tasks (rerun to continue)
@@ -329,6 +332,7 @@ NUMBER_RANGES = {
     'schedule.decay_rate': (0, False, 1, True),
     'schedule.min_lr': _NON_NEGATIVE,
     'log_every_steps': _NON_NEGATIVE,
+    'dry_run_batch_size': _NON_NEGATIVE,
 }
 # Alignment epochs of the stages that align their head (the rest never read them).
 _ALIGNS = {'task_identity': METHODS[:2], 'prompt': ('hideprompt', 'norga', 'coda', 'smope')}

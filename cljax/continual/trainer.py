@@ -572,7 +572,9 @@ class Experiment:
     params = state[stage_name]['params']
     method_state = state[stage_name]['method_state']
     acc, task_acc, acc_own = np.zeros(t + 1), np.zeros(t + 1), np.zeros(t + 1)
-    for i in range(t + 1):
+    self.prompt_usage = {}
+    # A dry run checks the evaluation on the first and the current task (the same steps).
+    for i in (sorted({0, t}) if c.dry_run else range(t + 1)):
       cached = self._test_features(i) if tii_params is not None else None
       if stage_name == 'task_identity':    # the stage-1 head alone needs no image
         batches = (pipeline.Batch(None, labels, mask) for labels, mask, _ in cached)
@@ -644,6 +646,8 @@ class Experiment:
     if c.stop_after_task:
       last_task = min(last_task, c.stop_after_task)
     for t in range(last_task):
+      if c.dry_run and 1 < t < last_task - 1:   # the same steps as task 2 (cljax/dry_run.py)
+        continue
       for stage in self.stages:
         step = task_checkpoints.stage_step(t, stage.name)
         if step <= done_step:
@@ -679,8 +683,8 @@ class Experiment:
           state['accuracy'][: t + 1, t] = acc
           if 'accuracy_per_example' in state:
             state['accuracy_per_example'][: t + 1, t] = acc_own
-          if 'prompt_usage' in state:
-            state['prompt_usage'][t, : t + 1] = [self.prompt_usage[i] for i in range(t + 1)]
+          for i, counts in self.prompt_usage.items():
+            state['prompt_usage'][t, i] = counts
           state['task_identity_accuracy'][: t + 1, t] = task_acc
           if not (self.method.uses_statistics and t > 0):
             state['accuracy_before_alignment'][: t + 1, t] = acc
@@ -831,5 +835,8 @@ def check_workdir(config, workdir: str, claim: bool = False) -> None:
 def run(config, workdir: str) -> Dict[str, Any]:
   # The config and the workdir are checked before anything is loaded or compiled.
   config = config_lib.validate(config)
+  if config.dry_run:    # at a batch that fits the machine (cljax/dry_run.py)
+    from cljax import dry_run  # pylint: disable=g-import-not-at-top
+    return dry_run.run(config, workdir)
   check_workdir(config, workdir)
   return Experiment(config, workdir).run()

@@ -162,9 +162,14 @@ def read(path: str) -> Dict[str, Any]:
     raise
   except Exception as e:  # right format, but corrupt or truncated
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    if any(w in first.lower() for w in ('pickle', 'weights_only', 'unsafe')):
-      # Never pass on a library's advice to unpickle: loading would run the file's code.
-      first = f'{type(e).__name__}; it holds more than tensors or is damaged'
+    text = str(e).lower()
+    unsafe_advice = any(w in text for w in ('weights only', 'weights_only', 'unpickl', 'allow_pickle'))
+    if unsafe_advice:    # never pass on a library's advice to unpickle: that would run the file's code
+      first = f'{type(e).__name__}: not a valid stream of tensors'
+    if suffix in TORCH_SUFFIXES and 'unsupported global' in text:
+      raise CheckpointError(f'cannot read {FORMATS[suffix]} {path}: it holds objects other than '
+                            f'tensors, which cljax does not unpickle (they could run code); save its '
+                            f'state_dict alone (torch.save(model.state_dict(), ...)) and pass that') from e
     raise CheckpointError(f'cannot read {FORMATS[suffix]} {path} ({first}); it may be truncated or '
                           f'damaged: download it again') from e
   if not isinstance(obj, Mapping):

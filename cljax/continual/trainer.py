@@ -646,8 +646,6 @@ class Experiment:
     if c.stop_after_task:
       last_task = min(last_task, c.stop_after_task)
     for t in range(last_task):
-      if c.dry_run and 1 < t < last_task - 1:   # the same steps as task 2 (cljax/dry_run.py)
-        continue
       for stage in self.stages:
         step = task_checkpoints.stage_step(t, stage.name)
         if step <= done_step:

@@ -37,11 +37,18 @@ def flag_error(argv, error: Exception) -> str:
 
 def parse_flags(argv):
   """absl's flag parsing, with every mistake as one `error:` line and exit status 2."""
+  from cljax import config as config_lib  # pylint: disable=g-import-not-at-top
   try:
-    return flags.FLAGS(argv)
+    parsed = flags.FLAGS(argv)
   except Exception as e:  # pylint: disable=broad-except
     print(f'error: {flag_error(argv, e)}', file=sys.stderr)
     sys.exit(2)
+  try:
+    config_lib.check_overrides(argv)
+  except CljaxError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  return parsed
 
 
 def config_value(config_flag):

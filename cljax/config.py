@@ -50,7 +50,8 @@ def base() -> ml_collections.ConfigDict:
       data_dir='',              # tfds data_dir ('' = tfds default, ~/tensorflow_datasets)
       shuffle_classes=True,     # random.shuffle(class list) with Python's random seeded by seed
       imr_split='coda',         # ImageNet-R split (ALGORITHMS.md D3): coda | random_80_20
-      imr_split_file='',        # the CODA/SMoPE split lists (yaml), for imr_split=coda
+      imr_split_file='',        # a folder with CODA/SMoPE yaml lists ('' = the lists cljax ships)
+      imr_split_seed=0,         # imr_split=random_80_20: the split's own seed (every run seed reuses it)
       notmnist_dir='',          # folder with notMNIST Train/ and Test/ (5-Datasets)
       test_fraction=0.3,        # split_digits: stratified test share
       # Reference quirk 11.4: 5-Datasets members after CIFAR-10 keep CIFAR's transforms.
@@ -130,7 +131,10 @@ def base() -> ml_collections.ConfigDict:
   # layers where it is exact (no prefix or a linear-gate prefix), for cuDNN flash attention on GPU.
   c.attention = 'explicit'
   c.dry_run = False             # every task and stage for dry_run_steps on synthetic inputs
-  c.dry_run_steps = 2
+  c.dry_run_steps = 1
+  # The dry run's batch (cljax/dry_run.py): 0 = the real batch on an accelerator that holds it,
+  # else 2 per device; the dry run reports what the real batch would need either way.
+  c.dry_run_batch_size = 0
   c.log_every_steps = 50
   c.model_override = ''         # e.g. 'vit_ti16' for tiny CI runs of a paper config
   c.stop_after_task = 0         # > 0: stop cleanly after this many tasks (rerun to continue)
@@ -306,6 +310,13 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _check(all(h >= 1 for h in c.task_identity.mlp_hidden),
          f'config.task_identity.mlp_hidden={tuple(c.task_identity.mlp_hidden)} must hold positive widths')
   _check(c.statistics.n_centroids >= 1, f'config.statistics.n_centroids must be >= 1, got {c.statistics.n_centroids}')
+  check_numbers(c)
+  for key in ('prompt.layers', 'prompt.g_layers'):
+    group, name = key.split('.')
+    layers = list(c[group][name])
+    twice = sorted({l for l in layers if layers.count(l) > 1})
+    _check(not twice, f'config.{key}={tuple(layers)} lists block(s) {", ".join(map(str, twice))} '
+                      f'more than once; list each block once')
   return c
 
 
@@ -333,6 +344,116 @@ def protocol_warnings(c) -> list:
   return out
 
 
+# Every numeric hyper-parameter of `base()` and the values it may take: (low, low included,
+# high, high included, what it means when the bound is missed). None = unbounded. Checked by
+# `check_numbers`; the keys `validate` checks with messages of their own are not repeated.
+_POSITIVE, _NON_NEGATIVE, _AT_LEAST_ONE = (0, False, None, False), (0, True, None, False), (1, True, None, False)
+NUMBER_RANGES = {
+    'benchmark.test_fraction': (0, False, 1, False),
+    'benchmark.imr_split_seed': _NON_NEGATIVE,
+    'backbone.image_size': _AT_LEAST_ONE,
+    'task_identity.epochs': _AT_LEAST_ONE,
+    'task_identity.clip_grad': _NON_NEGATIVE,
+    'task_identity.ca_lr': _POSITIVE,
+    'prompt.length': _AT_LEAST_ONE,
+    'prompt.pool_size': _NON_NEGATIVE,
+    'prompt.epochs': _AT_LEAST_ONE,
+    'prompt.clip_grad': _NON_NEGATIVE,
+    'prompt.reg': _NON_NEGATIVE,
+    'prompt.ca_lr': _POSITIVE,
+    'prompt.prompt_lr_scale': _POSITIVE,
+    'prompt.weight_decay': _NON_NEGATIVE,
+    'prompt.iter_step': _NON_NEGATIVE,
+    'prompt.freeze_iters': _NON_NEGATIVE,
+    'prompt.warmup_epochs': _NON_NEGATIVE,
+    'prompt.ca_weight_decay': _NON_NEGATIVE,
+    'prompt.ca_samples_ratio': _POSITIVE,
+    'prompt.top_k': _AT_LEAST_ONE,
+    'prompt.pull_coeff': _NON_NEGATIVE,
+    'prompt.g_length': _AT_LEAST_ONE,
+    'prompt.ortho_mu': _NON_NEGATIVE,
+    'prompt.experts_top_k': _AT_LEAST_ONE,
+    'prompt.noise_eps': _NON_NEGATIVE,
+    'prompt.mu_router': _NON_NEGATIVE,
+    'prompt.mu_router_old': _NON_NEGATIVE,
+    'schedule.decay_epochs': _AT_LEAST_ONE,
+    'schedule.decay_rate': (0, False, 1, True),
+    'schedule.min_lr': _NON_NEGATIVE,
+    'log_every_steps': _NON_NEGATIVE,
+    'dry_run_batch_size': _NON_NEGATIVE,
+}
+# Alignment epochs of the stages that align their head (the rest never read them).
+_ALIGNS = {'task_identity': METHODS[:2], 'prompt': ('hideprompt', 'norga', 'coda', 'smope')}
+
+
+def _range_text(low, low_in, high, high_in) -> str:
+  if high is None:
+    return f'{">=" if low_in else ">"} {low}'
+  return f'in {"[" if low_in else "("}{low}, {high}{"]" if high_in else ")"}'
+
+
+def check_numbers(c) -> None:
+  """Every number of the config is finite and in its range (`NUMBER_RANGES`), so a value that
+  would train nothing (epochs=0) or diverge (a negative lr) stops the run before it starts.
+
+  Raises ConfigError: 'config.<key> must be <range>, got <value>'."""
+  def leaves(node, prefix=''):
+    for key in node.keys():
+      value = node[key]
+      if isinstance(value, ml_collections.ConfigDict):
+        yield from leaves(value, f'{prefix}{key}.')
+      else:
+        yield f'{prefix}{key}', value
+  for key, value in leaves(c):
+    if isinstance(value, float) and not math.isfinite(value):
+      raise ConfigError(f'config.{key} must be a finite number, got {value}')
+  for key, (low, low_in, high, high_in) in NUMBER_RANGES.items():
+    group, _, name = key.rpartition('.')
+    value = (c[group] if group else c)[name]
+    ok = (value >= low if low_in else value > low) and (
+        high is None or (value <= high if high_in else value < high))
+    _check(ok, f'config.{key} must be {_range_text(low, low_in, high, high_in)}, got {value}')
+  for stage, methods in _ALIGNS.items():
+    if c.method in methods and (stage == 'prompt' or c.task_identity.enabled):
+      _check(c[stage].ca_epochs >= 1,
+             f'config.{stage}.ca_epochs must be >= 1: {c.method} aligns this stage\'s head '
+             f'(0 would leave it unaligned), got {c[stage].ca_epochs}')
+  if c.method == 'smope':
+    _check(c.prompt.warmup_epochs < c.prompt.epochs,
+           f'config.prompt.warmup_epochs={c.prompt.warmup_epochs} must be below config.prompt.epochs='
+           f'{c.prompt.epochs}')
+
+
+def tuple_keys() -> list:
+  """Dotted paths of the keys of `base()` whose value is a tuple (prompt.layers, ...)."""
+  out = []
+  def walk(node, prefix):
+    for key in node.keys():
+      if isinstance(node[key], ml_collections.ConfigDict):
+        walk(node[key], f'{prefix}{key}.')
+      elif isinstance(node[key], tuple):
+        out.append(f'{prefix}{key}')
+  walk(base(), '')
+  return out
+
+
+def check_overrides(argv) -> None:
+  """Command-line overrides of tuple keys must be written as tuples: ml_collections reads
+  ``--config.prompt.layers=5`` (or ``=(5)``) as ``(5,)``, silently one block.
+
+  Raises ConfigError naming the key and the tuple spelling."""
+  keys = set(tuple_keys())
+  for arg in argv[1:]:
+    if not arg.startswith('--config.') or '=' not in arg:
+      continue
+    key, value = arg[len('--config.'):].split('=', 1)
+    text = value.strip()
+    if key in keys and not (',' in text or text.startswith('[') or text.replace(' ', '') == '()'):
+      inner = text.strip('()') or '0'
+      raise ConfigError(f'config.{key} is a tuple, got the single value {text!r} (in {arg}); write '
+                        f'--config.{key}="({inner},)" for one entry, or list them: "(0, 1, 2)"')
+
+
 def _kind(value) -> str:
   """The schema type of a config value: int and float are both numbers where a float is expected."""
   if isinstance(value, bool):
@@ -346,10 +467,42 @@ def _kind(value) -> str:
   return type(value).__name__
 
 
-def _unknown_key(prefix: str, key: str, schema) -> ConfigError:
+def _initials(name: str) -> str:
+  return ''.join(word[0] for word in name.split('_') if word)
+
+
+def suggest_keys(prefix: str, key: str, limit: int = 3) -> list:
+  """The key paths of `base()` a misspelt ``prefix + key`` ('config.prompt.' + 'lenght') most
+  likely meant, best first: a close spelling in the same group, the same name or a close one in
+  any group, or an abbreviation either way ('lerning_rate' -> lr, 'wd' -> weight_decay). Ties
+  with the best are all given (at most ``limit``); [] when nothing is close."""
   import difflib  # pylint: disable=g-import-not-at-top
-  close = difflib.get_close_matches(key, list(schema.keys()), n=1)
-  hint = f'did you mean {prefix}{close[0]}?' if close else f'valid keys: {", ".join(sorted(schema.keys()))}'
+  group = prefix[len('config.'):]
+  scored = []
+
+  def walk(node, path):
+    for name in node.keys():
+      full = f'{path}{name}'
+      ratio = difflib.SequenceMatcher(None, key, name).ratio()
+      if name == key:
+        ratio = 1.0
+      elif min(len(key), len(name)) >= 2 and (_initials(key) == name or _initials(name) == key):
+        ratio = max(ratio, 0.9)
+      if path == group:
+        ratio += 0.05           # where it was typed wins a tie
+      if ratio >= 0.6:
+        scored.append((-round(ratio, 2), 0 if full.startswith('prompt.') else 1, full))
+      if isinstance(node[name], ml_collections.ConfigDict):
+        walk(node[name], f'{full}.')
+  walk(base(), '')
+  scored.sort()
+  return [f'config.{full}' for s, _, full in scored if s == scored[0][0]][:limit] if scored else []
+
+
+def _unknown_key(prefix: str, key: str, schema) -> ConfigError:
+  close = suggest_keys(prefix, key)
+  hint = (f'did you mean {" or ".join(close)}?' if close
+          else f'valid keys: {", ".join(sorted(schema.keys()))}')
   return ConfigError(f'unknown config key {prefix}{key}; {hint}')
 
 

@@ -234,7 +234,7 @@ def main(argv=None):
   try:
     args.fn(args)
   except CljaxError as e:
-    sys.exit(f'error: {e}')
+    __import__('cljax.errors').errors.exit_with(e)   # one exit status for user errors: 2
 
 
 if __name__ == '__main__':

@@ -27,6 +27,18 @@ class TrainingDivergedError(CljaxError, FloatingPointError):
   """A loss or parameter became NaN/Inf; the message names stage, task, epoch and step."""
 
 
+# The exit status of every entry point (main, seeds, report, convert, prepare, dry_run) when the
+# user got something wrong; 1 is left for failures of cljax itself.
+USER_ERROR = 2
+
+
+def exit_with(error: Exception):
+  """Print ``error: <message>`` on stderr and exit with `USER_ERROR` (the entry points' one rule)."""
+  import sys  # pylint: disable=g-import-not-at-top
+  print(f'error: {error}', file=sys.stderr)
+  sys.exit(USER_ERROR)
+
+
 def one_of(what: str, value, valid) -> ConfigError:
   """The error for a value outside a fixed set, listing the valid ones."""
   return ConfigError(f'unknown {what} {value!r}; valid: {", ".join(map(str, valid))}')

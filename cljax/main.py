@@ -57,9 +57,8 @@ def main(argv):
     _exit_now(2)
   if not parallel.is_main():
     return
-  print(f'final average accuracy {results["final_average_accuracy"]:.2f} | cumulative '
-        f'{results["cumulative_average_accuracy"]:.2f} | forgetting {results["forgetting"]:.2f} | '
-        f'task identity {results["task_identity_accuracy"]:.2f}  ({_WORKDIR.value}/results.json)')
+  from cljax.continual.metrics import summary_line  # pylint: disable=g-import-not-at-top
+  print(f'{summary_line(results, results.get("metric_definition", ""))}  ({_WORKDIR.value}/results.json)')
 
 
 def _exit_now(status: int) -> None:

@@ -13,12 +13,11 @@ import argparse
 import collections
 import json
 import os
-import sys
 from typing import Dict, List, Sequence
 
 import numpy as np
 
-from cljax.errors import CljaxError, DataError
+from cljax.errors import CljaxError, DataError, exit_with
 
 METRICS = (('final_average_accuracy', 'FA'), ('cumulative_average_accuracy', 'CA'), ('forgetting', 'FM'))
 METHOD_NAMES = {'l2p': 'L2P', 'dualprompt': 'DualPrompt', 'sprompt': 'S-Prompt', 'coda': 'CODA-Prompt',
@@ -43,6 +42,8 @@ def load_runs(workdirs: Sequence[str]) -> List[Dict]:
                       f'tasks); rerun its command to complete it, or leave it out')
     runs.append({'workdir': d, 'method': c['method'], 'benchmark': c['benchmark']['name'],
                  'backbone': c['backbone']['name'], 'seed': c['seed'],
+                 # results.json before the per-reference definitions held HiDe's forgetting only
+                 'metric_definition': r.get('metric_definition', 'hide'),
                  **{k: r[k] for k, _ in METRICS}})
   return runs
 
@@ -53,6 +54,13 @@ def aggregate(runs: List[Dict]):
   for r in runs:
     groups[(r['backbone'], r['method'], r['benchmark'])].append(r)
   table = collections.defaultdict(dict)
+  definitions = collections.defaultdict(set)
+  for r in runs:
+    definitions[r['method']].add(r['metric_definition'])
+  for method, names in definitions.items():
+    if len(names) > 1:
+      raise DataError(f'the {method} runs report forgetting by different definitions '
+                      f'({", ".join(sorted(names))}); rerun the older ones to report them alike')
   for (backbone, method, bench), rs in groups.items():
     seeds = [r['seed'] for r in rs]
     if len(set(seeds)) != len(seeds):
@@ -62,8 +70,23 @@ def aggregate(runs: List[Dict]):
     for key, _ in METRICS:
       values = np.array([r[key] for r in rs], np.float64)
       cell[key] = (values.mean(), values.std(ddof=1) if len(values) > 1 else 0.0, len(values))
+    cell['metric_definition'] = rs[0]['metric_definition']
     table[(backbone, method)][bench] = cell
   return table
+
+
+def definitions_note(table) -> str:
+  """Which forgetting definition the table's rows use (cljax.continual.metrics.DEFINITIONS)."""
+  by_definition = collections.defaultdict(list)
+  for (_, method), row in sorted(table.items(), key=lambda k: METHOD_ORDER.index(k[0][1])
+                                 if k[0][1] in METHOD_ORDER else 99):
+    for cell in row.values():
+      name = METHOD_NAMES.get(method, method)
+      if name not in by_definition[cell['metric_definition']]:
+        by_definition[cell['metric_definition']].append(name)
+  words = {'hide': "HiDe's (max over the columns up to and including t)",
+           'smope': "SMoPE's (max over the columns before t, can be negative)"}
+  return '; '.join(f'FM by {words.get(d, d)} definition: {", ".join(m)}' for d, m in by_definition.items())
 
 
 def render(table, fmt: str = 'markdown') -> str:
@@ -83,7 +106,8 @@ def render(table, fmt: str = 'markdown') -> str:
   for backbone, method in rows:
     values = [cell(table[(backbone, method)].get(b, {}), key) for b in benches for key, _ in METRICS]
     body.append([backbone, METHOD_NAMES.get(method, method)] + values)
-  seeds = sorted({v[2] for row in table.values() for c in row.values() for v in c.values()})
+  seeds = sorted({v[2] for row in table.values() for c in row.values() for k, v in c.items()
+                  if k != 'metric_definition'})
   note = f'mean ± std over {"/".join(map(str, seeds))} seeds' if fmt != 'latex' else ''
   if fmt == 'latex':
     lines = ['\\begin{tabular}{ll' + 'ccc' * len(benches) + '}', '\\toprule',
@@ -93,7 +117,7 @@ def render(table, fmt: str = 'markdown') -> str:
     return '\n'.join(lines)
   lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
   lines += ['| ' + ' | '.join(r) + ' |' for r in body]
-  return '\n'.join(lines) + f'\n\n({note}; FA/CA/FM in %)'
+  return '\n'.join(lines) + f'\n\n({note}; FA/CA/FM in %; {definitions_note(table)})'
 
 
 def main(argv=None):
@@ -105,12 +129,22 @@ def main(argv=None):
   args = p.parse_args(argv)
   try:
     text = render(aggregate(load_runs(args.workdirs)), args.format)
+    if args.out:
+      write_table(args.out, text)
   except CljaxError as e:
-    sys.exit(f'error: {e}')
-  if args.out:
-    with open(args.out, 'w') as f:
-      f.write(text + '\n')
+    exit_with(e)
   print(text)
+
+
+def write_table(path: str, text: str) -> None:
+  """Write ``text`` to ``path``, creating its folder; DataError (one line) if it cannot."""
+  folder = os.path.dirname(os.path.abspath(path))
+  try:
+    os.makedirs(folder, exist_ok=True)
+    with open(path, 'w') as f:
+      f.write(text + '\n')
+  except OSError as e:
+    raise DataError(f'cannot write the table to {path} ({e.strerror or e}); pass another --out') from e
 
 
 if __name__ == '__main__':

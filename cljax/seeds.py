@@ -13,13 +13,12 @@ written to WORKDIR/table.md and WORKDIR/table.tex.
 from __future__ import annotations
 
 import os
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
 from cljax import cli
-from cljax.errors import CljaxError, ConfigError
+from cljax.errors import CljaxError, ConfigError, exit_with
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'a config file in configs/', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'root folder: one seed_S workdir per seed')
@@ -74,8 +73,7 @@ def main(argv):
     parallel.initialize_distributed()
     _, tables = run_seeds(config, _WORKDIR.value, seeds)
   except CljaxError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    exit_with(e)
   print(tables['markdown'])
   print(f'({_WORKDIR.value}/table.md, table.tex)')
 

@@ -1,5 +1,6 @@
 """Checkpoint interop: every backbone layout, the references' training checkpoints, round trips."""
 
+import re
 import argparse
 
 import jax
@@ -202,14 +203,17 @@ def test_backbone_missing_block_is_named(pair, tmp_path):
 
 
 @pytest.mark.parametrize('content,match', [
-    (None, 'does not exist'), (b'not a checkpoint', 'cannot read checkpoint'),
+    (None, 'does not exist'), (b'not a checkpoint', 'is not a PyTorch checkpoint: it is a text file'),
+    # The right format, damaged inside: the library's parse error, never its advice to unpickle.
+    (b'\x80\x02garbage that is no pickle', r'cannot read a PyTorch checkpoint .*w\.pth \('),
 ])
 def test_unreadable_files(tmp_path, content, match):
   path = tmp_path / 'w.pth'
   if content is not None:
     path.write_bytes(content)
-  with pytest.raises(CheckpointError, match=match):
+  with pytest.raises(CheckpointError, match=match) as e:
     files.read(str(path))
+  assert not any(w in str(e.value) for w in ('weights_only', 'allow_pickle', 'unpickl')), str(e.value)
 
 
 def test_unknown_suffix(tmp_path):
@@ -224,7 +228,7 @@ class Arbitrary:
 def test_weights_only_refuses_arbitrary_objects(tmp_path):
   path = tmp_path / 'evil.pth'
   torch.save({'model': {}, 'obj': Arbitrary()}, path)
-  with pytest.raises(CheckpointError, match='cannot read checkpoint'):
+  with pytest.raises(CheckpointError, match='cannot read a PyTorch checkpoint .* holds objects other than tensors'):
     files.read(str(path))
 
 
@@ -238,12 +242,15 @@ def test_convert_commands(pair, tmp_path, capsys):
           '--prompt-layers', '0,1', '--length', '4', '--pool', '3']
   # The oracle here is a 2-block, 64-wide model: vit_ti8 has 12 blocks, so the check must fail
   # and name what differs.
-  with pytest.raises(SystemExit, match=r'error: .*lacks .* key'):
+  with pytest.raises(SystemExit) as e:      # a user error: one line, exit status 2 (as main)
     convert.main(['reference', str(ref), str(tmp_path / 'out.safetensors')] + args)
+  assert e.value.code == 2 and re.match(r'error: .*lacks .* key', capsys.readouterr().err)
   out = tmp_path / 'bb.safetensors'
   files.write(str(tmp_path / 'bb.pth'), backbone_sd(pair), wrap_key=None)
-  with pytest.raises(SystemExit, match=r'error: .*bb.pth lacks 120 key\(s\) the model needs: blocks.10'):
+  with pytest.raises(SystemExit) as e:
     convert.main(['backbone', str(tmp_path / 'bb.pth'), str(out), '--model', 'vit_ti8', '--image-size', '32'])
+  assert e.value.code == 2
+  assert re.match(r'error: .*bb.pth lacks 120 key\(s\) the model needs: blocks.10', capsys.readouterr().err)
 
 
 class _Payload:
@@ -259,6 +266,6 @@ def test_a_code_running_checkpoint_is_refused_before_its_code_runs(tmp_path):
   marker = tmp_path / 'the_payload_ran'
   path = tmp_path / 'evil.pth'
   torch.save({'model': {'w': torch.zeros(2)}, 'x': _Payload(str(marker))}, path)
-  with pytest.raises(CheckpointError, match=rf'^cannot read checkpoint {path}: '):
+  with pytest.raises(CheckpointError, match=rf'^cannot read a PyTorch checkpoint {path}: it holds objects other than tensors'):
     files.read(str(path))
   assert not marker.exists()

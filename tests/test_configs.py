@@ -61,7 +61,7 @@ def test_dry_run_reports_a_broken_config(tmp_path):
   bad.write_text('from cljax import config\n\ndef get_config():\n  c = config.demo()\n'
                  '  c.prompt.activation = "swish"\n  return c\n')
   out = dry_run([str(bad)])
-  assert out.returncode == 1
+  assert out.returncode == 2    # a config error is a user error (exit status 2, as main)
   assert "FAIL" in out.stdout and "unknown gate activation (config.prompt.activation) 'swish'" in out.stdout
 
 

@@ -2,11 +2,39 @@
 are traced, so a new task reuses the compiled step (SMoPE's dense warm-up phase is its one
 extra, static, variant)."""
 
+import collections
+import contextlib
+import logging
+
 import jax
+import numpy as np
 import pytest
 
 from cljax import config as config_lib
 from cljax.continual import step_inputs, trainer
+
+
+@contextlib.contextmanager
+def compilations():
+  """Counter of the jitted functions (e.g. 'jit(sample)') lowered for compilation
+  inside the block: jax logs each new compilation at DEBUG level (a cache hit logs nothing), so
+  this counts what the block compiled, whatever other tests compiled before in the process."""
+  names = collections.Counter()
+
+  class Handler(logging.Handler):
+    def emit(self, record):
+      if str(record.msg).startswith('Compiling '):
+        names[str(record.args[0])] += 1
+
+  logger = logging.getLogger('jax._src.interpreters.pxla')
+  handler, level = Handler(logging.DEBUG), logger.level
+  logger.addHandler(handler)
+  logger.setLevel(logging.DEBUG)
+  try:
+    yield names
+  finally:
+    logger.removeHandler(handler)
+    logger.setLevel(level)
 
 
 @pytest.mark.parametrize('method', ['norga', 'smope'])
@@ -44,10 +72,14 @@ def test_a_run_compiles_each_step_once(tmp_path, reuse_features):
   exp = dry_run_experiment(tmp_path)
   exp.config.task_identity.reuse_features = reuse_features
   exp.config.stop_after_task = 3
-  exp.run()
+  with compilations() as compiled:
+    exp.run()
   for stage in exp.stages:
     for name in ('train', 'ca'):
       assert exp._jitted[stage.name][name]._cache_size() == 1, (stage.name, name)
+  assert compiled['jit(train_step)'] == len(exp.stages) and compiled['jit(ca_step)'] == len(exp.stages), compiled
+  # At most one `alignment.sample` per stage, counted during this run only.
+  assert compiled['jit(sample)'] <= len(exp.stages), compiled
   # Each stage jits `alignment.sample` at the run's matmul precision: one compilation each.
   for stage in exp.stages:
     assert exp._jitted[stage.name]['sample']._cache_size() == 1, stage.name

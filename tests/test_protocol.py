@@ -92,10 +92,12 @@ def test_imagenet_r_random_split_sizes():
   assert np.array_equal(again[0], train)
 
 
-def test_imagenet_r_coda_split_needs_lists():
+def test_imagenet_r_coda_split_reads_a_given_folder(tmp_path):
+  # The lists ship with cljax (tests/test_imagenet_r_split.py); a folder given in
+  # config.benchmark.imr_split_file must hold both YAML files.
   from cljax.errors import DataError
-  with pytest.raises(DataError, match='imr_split_file'):
-    benchmarks.imagenet_r_split([{'file_name': b'n1/a.jpg'}], None, 'coda', seed=0)
+  with pytest.raises(DataError, match='lacks imagenet-r_train.yaml'):
+    benchmarks.imagenet_r_split([{'file_name': b'n1/a.jpg'}], None, 'coda', 0, str(tmp_path))
 
 
 def test_unprepared_benchmark_message(tmp_path):

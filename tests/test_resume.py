@@ -54,7 +54,7 @@ if os.environ.get('CLJAX_TEST_STALL_SAVE'):
 
 # Two tasks of the demo with a 1-block backbone: 8 steps per epoch; 2 epochs in stage 1, 1 in
 # stage 2; checkpoints every 4 steps (mid-epoch and at epoch ends).
-TINY = ['--config.backbone.depth=1', '--config.prompt.layers=0', '--config.task_identity.epochs=2',
+TINY = ['--config.backbone.depth=1', '--config.prompt.layers=(0,)', '--config.task_identity.epochs=2',
         '--config.task_identity.ca_epochs=1', '--config.prompt.epochs=1', '--config.prompt.ca_epochs=1',
         '--config.stop_after_task=2']
 

@@ -137,7 +137,7 @@ def test_eight_simulated_devices_give_the_same_matrix(full_run, tmp_path, data_d
     assert abs(a['loss'] - b['loss']) <= 1e-5 * max(1.0, abs(a['loss'])), (a, b)
 
 
-def test_exported_task_checkpoint_runs_in_the_pytorch_oracle(full_run, tmp_path):
+def test_exported_task_checkpoint_runs_in_the_pytorch_oracle(full_run, tmp_path, capsys):
   """`convert export` writes the references' {'model': state_dict}; the oracle loads it strictly
   and gives the logits cljax gives."""
   import torch
@@ -159,5 +159,6 @@ def test_exported_task_checkpoint_runs_in_the_pytorch_oracle(full_run, tmp_path)
   _, ours, _ = spec(params, x, idx)
   _, ref = model(torch.from_numpy(x).permute(0, 3, 1, 2), torch.from_numpy(idx))
   np.testing.assert_allclose(np.asarray(ours), ref.detach().numpy(), rtol=1e-4, atol=1e-5)
-  with pytest.raises(SystemExit, match='no prompt checkpoint of task 8'):
+  with pytest.raises(SystemExit) as e:     # a user error: exit status 2, the line on stderr
     convert.main(['export', workdir, str(out), '--task', '8'])
+  assert e.value.code == 2 and 'no prompt checkpoint of task 8' in capsys.readouterr().err

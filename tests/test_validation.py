@@ -68,7 +68,28 @@ def files(tmp_path_factory):
   damaged = d / 'damaged_run'
   damaged.mkdir()
   (damaged / 'config.json').write_text('{"seed": 4')
+  # Backbone files that are not what their suffix says (issue 17).
+  (d / 'text.npz').write_text('version https://git-lfs.github.com/spec/v1\n')
+  (d / 'random.pth').write_bytes(b'\x01\x9c' + np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+  (d / 'text.pth').write_text('not a checkpoint\n')
+  (d / 'page.safetensors').write_text('<!DOCTYPE html><html><body>Sign in</body></html>')
+  torch.save({'a': torch.zeros(2)}, d / 'torch.npz')
+  torch.save({'a': torch.zeros(2)}, d / 'whole.pth')
+  data = (d / 'whole.pth').read_bytes()
+  (d / 'truncated.pth').write_bytes(data[: len(data) // 2])
+  # notMNIST folders: one without Test/B, one empty.
+  from PIL import Image
+  for split in ('Train', 'Test'):
+    for letter in 'ABCDEFGHIJ':
+      if (split, letter) != ('Test', 'B'):
+        os.makedirs(d / 'notmnist_partial' / split / letter)
+        Image.fromarray(np.zeros((28, 28), np.uint8)).save(d / 'notmnist_partial' / split / letter / 'a.png')
+  (d / 'notmnist_empty').mkdir()
   return d
+
+
+def _five_datasets(notmnist):
+  return lambda c: c.benchmark.update(name='five_datasets', num_tasks=5, notmnist_dir=notmnist)
 
 
 # (id, change to the demo config, error type, the message; '...' at the end: a prefix)
@@ -127,6 +148,43 @@ CASES = [
                                         c.backbone.update(image_size=32, weights=DEMO_WEIGHTS)), DataError,
      "tfds dataset 'cifar100' is not prepared in array_record format under {d}/tfds: run "
      '`python -m cljax.data.prepare cifar100 --data_dir={d}/tfds` once ...'),
+    # issue 17: every numeric hyper-parameter, duplicate layers
+    ('negative alignment lr', _set('prompt.ca_lr', -1.0), ConfigError, 'config.prompt.ca_lr must be > 0, got -1.0'),
+    ('zero epochs', _set('prompt.epochs', 0), ConfigError, 'config.prompt.epochs must be >= 1, got 0'),
+    ('negative regulariser', _set('prompt.reg', -0.1), ConfigError, 'config.prompt.reg must be >= 0, got -0.1'),
+    ('infinite lr', _set('task_identity.lr', float('inf')), ConfigError,
+     'config.task_identity.lr must be a finite number, got inf'),
+    ('zero alignment epochs', _set('prompt.ca_epochs', 0), ConfigError,
+     "config.prompt.ca_epochs must be >= 1: norga aligns this stage's head (0 would leave it unaligned), got 0"),
+    ('decay rate above 1', _set('schedule.decay_rate', 2.0), ConfigError,
+     'config.schedule.decay_rate must be in (0, 1], got 2.0'),
+    ('test fraction of 1', _set('benchmark.test_fraction', 1.0), ConfigError,
+     'config.benchmark.test_fraction must be in (0, 1), got 1.0'),
+    ('duplicate layers', _set('prompt.layers', (1, 1)), ConfigError,
+     'config.prompt.layers=(1, 1) lists block(s) 1 more than once; list each block once'),
+    # issue 17: files that are not what their suffix says; never advice to unpickle
+    ('text file named .npz', _set('backbone.weights', '{d}/text.npz'), CheckpointError,
+     '{d}/text.npz is not a NumPy .npz archive: it is a text file; download the checkpoint again or point to the right file'),
+    ('random bytes named .pth', _set('backbone.weights', '{d}/random.pth'), CheckpointError,
+     '{d}/random.pth is not a PyTorch checkpoint: its bytes match no checkpoint format; download the checkpoint again or point to the right file'),
+    ('text file named .pth', _set('backbone.weights', '{d}/text.pth'), CheckpointError,
+     '{d}/text.pth is not a PyTorch checkpoint: it is a text file; download the checkpoint again or point to the right file'),
+    ('web page named .safetensors', _set('backbone.weights', '{d}/page.safetensors'), CheckpointError,
+     '{d}/page.safetensors is not a safetensors file: it is an HTML page (a download that returned a web page?); download the checkpoint again or point to the right file'),
+    ('PyTorch file named .npz', _set('backbone.weights', '{d}/torch.npz'), CheckpointError,
+     '{d}/torch.npz is not a NumPy .npz archive: it is a PyTorch checkpoint (rename it to .pth); download the checkpoint again or point to the right file'),
+    ('truncated .pth', _set('backbone.weights', '{d}/truncated.pth'), CheckpointError,
+     '{d}/truncated.pth is a damaged or truncated zip archive, not a readable PyTorch checkpoint; download it again'),
+    # issue 17: datasets, before the backbone
+    ('dataset checked before the backbone', lambda c: (c.benchmark.update(name='cifar100', num_tasks=10, data_dir='{d}/tfds'),
+                                                       c.backbone.update(image_size=32, weights='{d}/nothere.npz')), DataError,
+     "tfds dataset 'cifar100' is not prepared in array_record format under {d}/tfds: ..."),
+    ('notMNIST folder without Test/B', _five_datasets('{d}/notmnist_partial'), DataError,
+     'notMNIST folder {d}/notmnist_partial lacks Test/B; config.benchmark.notmnist_dir must hold Train/A..J '
+     'and Test/A..J with the PNG images of the ACL notMNIST.zip'),
+    ('empty notMNIST folder', _five_datasets('{d}/notmnist_empty'), DataError,
+     'notMNIST folder {d}/notmnist_empty lacks Train/, Test/; config.benchmark.notmnist_dir must hold Train/A..J '
+     'and Test/A..J with the PNG images of the ACL notMNIST.zip'),
     ('workdir of another config', _set('workdir', '{d}/other_run'), ConfigError,
      '{d}/other_run holds a run of a different config (seed: 7 != 42); use another --workdir, or delete that one to start over'),
     ('workdir is a file', _set('workdir', '{d}/a_file'), ConfigError,
@@ -174,6 +232,7 @@ def test_bad_input_gives_a_one_line_error(name, change, kind, message, files, tm
   text, expected = str(error), _fill(message, files)
   assert type(error) is kind, text
   assert '\n' not in text
+  assert not any(w in text for w in ('allow_pickle', 'weights_only', 'unpickl')), text
   if expected.endswith('...'):
     assert text.startswith(expected[:-3]), text
   else:
@@ -205,6 +264,14 @@ CLI = [
      "error: flag --config.prompt.epochs=abc: invalid literal for int() with base 10: 'abc'"),
     (['--config.seed.x=1'], 'error: config.seed has no sub-keys (cannot set config.seed.x) (in --config.seed.x=1)'),
     (['extra'], 'error: unexpected arguments: extra; settings are flags, e.g. --config.seed=1'),
+    # issue 17: a scalar where a tuple is expected; a suggestion from every key path
+    (['--config.prompt.layers=5'], 'error: config.prompt.layers is a tuple, got the single value \'5\' (in '
+     '--config.prompt.layers=5); write --config.prompt.layers="(5,)" for one entry, or list them: "(0, 1, 2)"'),
+    (['--config.task_identity.mlp_hidden=(4)'], 'error: config.task_identity.mlp_hidden is a tuple, got the single '
+     'value \'(4)\' (in --config.task_identity.mlp_hidden=(4)); write --config.task_identity.mlp_hidden="(4,)" '),
+    (['--config.lerning_rate=0.1'], 'error: unknown config key config.lerning_rate; did you mean config.prompt.lr '
+     'or config.task_identity.lr? (in --config.lerning_rate=0.1)'),
+    (['--config.prompt.ca_lr=-1'], 'error: config.prompt.ca_lr must be > 0, got -1.0'),
 ]
 
 

@@ -44,13 +44,110 @@ def _to_numpy(obj):
   return obj
 
 
+# What each suffix promises, in words.
+FORMATS = {'.npz': 'a NumPy .npz archive', '.safetensors': 'a safetensors file',
+           **{s: 'a PyTorch checkpoint' for s in TORCH_SUFFIXES}}
+
+
+def sniff(path: str) -> str:
+  """What a file holds, judged by its first bytes: 'zip', 'pickle', 'safetensors', 'npy',
+  'tar', 'gzip', 'hdf5', 'html', 'text', 'empty' or 'binary' (anything else)."""
+  with open(path, 'rb') as f:
+    head = f.read(1024)
+    f.seek(0, os.SEEK_END)
+    size = f.tell()
+  if not head:
+    return 'empty'
+  if head.startswith(b'PK\x03\x04') or head.startswith(b'PK\x05\x06'):
+    return 'zip'
+  if head.startswith(b'\x93NUMPY'):
+    return 'npy'
+  if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+    return 'pickle'
+  if head.startswith(b'\x1f\x8b'):
+    return 'gzip'
+  if head.startswith(b'\x89HDF'):
+    return 'hdf5'
+  if len(head) > 262 and head[257:262] == b'ustar':
+    return 'tar'
+  if len(head) >= 9 and head[8:9] == b'{' and 0 < int.from_bytes(head[:8], 'little') <= size - 8:
+    return 'safetensors'
+  text = head.lstrip()
+  if text[:1] == b'<' and b'html' in text[:200].lower():
+    return 'html'
+  try:
+    head.decode('utf-8')
+    return 'text'
+  except UnicodeDecodeError:
+    return 'binary'
+
+
+_WHAT_IT_IS = {
+    'empty': 'it is empty', 'text': 'it is a text file', 'html': 'it is an HTML page (a download '
+    'that returned a web page?)', 'binary': 'its bytes match no checkpoint format',
+    'zip': 'it is a zip archive', 'pickle': 'it is a pickle stream', 'npy': 'it is a single .npy array',
+    'gzip': 'it is gzip-compressed', 'hdf5': 'it is an HDF5 (Keras) file', 'tar': 'it is a tar archive',
+    'safetensors': 'it is a safetensors file',
+}
+
+
+def _zip_kind(path: str) -> str:
+  """'npz' (NumPy arrays), 'torch' (a PyTorch zip checkpoint) or 'zip' (neither)."""
+  import zipfile  # pylint: disable=g-import-not-at-top
+  try:
+    with zipfile.ZipFile(path) as z:
+      names = z.namelist()
+  except (zipfile.BadZipFile, OSError):
+    return 'damaged'
+  if any(n.endswith('data.pkl') for n in names):
+    return 'torch'
+  if names and all(n.endswith('.npy') for n in names):
+    return 'npz'
+  return 'zip'
+
+
+def check_format(path: str) -> None:
+  """Raise CheckpointError unless the file's bytes are of the format its suffix names: the
+  message says what the file is not, what it appears to be and what to do (never a library's
+  advice to unpickle it)."""
+  suffix = os.path.splitext(path)[1].lower()
+  kind = sniff(path)
+  expected = FORMATS[suffix]
+  if kind == 'zip':
+    zip_kind = _zip_kind(path)
+    if zip_kind == 'damaged':
+      raise CheckpointError(f'{path} is a damaged or truncated zip archive, not a readable '
+                            f'{expected[2:]}; download it again')
+    if (suffix == '.npz' and zip_kind == 'npz') or (suffix in TORCH_SUFFIXES and zip_kind == 'torch'):
+      return
+    kind = {'torch': 'torch-zip', 'npz': 'npz'}.get(zip_kind, 'zip')
+  elif (suffix == '.safetensors' and kind == 'safetensors') or (
+      suffix in TORCH_SUFFIXES and kind in ('pickle', 'tar')):
+    return
+  what = {'torch-zip': 'it is a PyTorch checkpoint (rename it to .pth)',
+          'npz': 'it is a NumPy .npz archive (rename it to .npz)',
+          'zip': 'it is a zip archive of other files', **_WHAT_IT_IS}[kind]
+  if kind == 'safetensors':
+    what += ' (rename it to .safetensors)'
+  if kind == 'pickle' and suffix not in TORCH_SUFFIXES:
+    what = 'it is a pickle stream (a legacy PyTorch checkpoint? rename it to .pth)'
+  raise CheckpointError(f'{path} is not {expected}: {what}; download the checkpoint again or '
+                        f'point to the right file')
+
+
 def read(path: str) -> Dict[str, Any]:
-  """The file's content as a dict of numpy arrays (nested dicts kept)."""
+  """The file's content as a dict of numpy arrays (nested dicts kept).
+
+  Raises CheckpointError for a missing file, an unknown suffix, bytes that are not of the
+  suffix's format (`check_format`) or a file its library cannot parse."""
   if not os.path.exists(path):
     raise CheckpointError(f'checkpoint file {path} does not exist')
   suffix = os.path.splitext(path)[1].lower()
   if suffix not in SUFFIXES:
     raise CheckpointError(f'cannot read {path}: expected one of {", ".join(SUFFIXES)}')
+  if os.path.isdir(path):
+    raise CheckpointError(f'{path} is a folder, not {FORMATS[suffix]}; point to the file itself')
+  check_format(path)
   try:
     if suffix == '.safetensors':
       from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
@@ -63,9 +160,18 @@ def read(path: str) -> Dict[str, Any]:
       obj = torch.load(path, map_location='cpu', weights_only=True)
   except CheckpointError:
     raise
-  except Exception as e:  # corrupt, truncated or not a checkpoint at all
+  except Exception as e:  # right format, but corrupt or truncated
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise CheckpointError(f'cannot read checkpoint {path}: {first}') from e
+    text = str(e).lower()
+    unsafe_advice = any(w in text for w in ('weights only', 'weights_only', 'unpickl', 'allow_pickle'))
+    if unsafe_advice:    # never pass on a library's advice to unpickle: that would run the file's code
+      first = f'{type(e).__name__}: not a valid stream of tensors'
+    if suffix in TORCH_SUFFIXES and 'unsupported global' in text:
+      raise CheckpointError(f'cannot read {FORMATS[suffix]} {path}: it holds objects other than '
+                            f'tensors, which cljax does not unpickle (they could run code); save its '
+                            f'state_dict alone (torch.save(model.state_dict(), ...)) and pass that') from e
+    raise CheckpointError(f'cannot read {FORMATS[suffix]} {path} ({first}); it may be truncated or '
+                          f'damaged: download it again') from e
   if not isinstance(obj, Mapping):
     raise CheckpointError(f'{path} holds a {type(obj).__name__}, not a state dict')
   return _to_numpy(obj)

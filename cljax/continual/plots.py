@@ -4,6 +4,8 @@
 * ``accuracy_over_time.png``: each task's accuracy as later tasks are learned, and the average
 * ``task_identity.png``: accuracy of the task (or prompt) chosen for each test image, per task
 * ``expert_usage.png`` (SMoPE): how often each prompt expert was selected, per layer and head
+* ``prompt_usage.png`` (L2P, DualPrompt, S-Prompt): the share of each task's test images that
+  chose each pool entry
 """
 
 from __future__ import annotations
@@ -108,6 +110,32 @@ def expert_usage(freq: np.ndarray, layers, path: str) -> None:
   fig.suptitle('SMoPE: times each expert was in the top-K (training images, all tasks so far)',
                fontsize=9, y=1.04)
   fig.savefig(path, dpi=110, bbox_inches='tight')
+  plt.close(fig)
+
+
+def prompt_usage(counts: np.ndarray, t: int, path: str, title: str = '') -> None:
+  """counts [T, P]: test images of task i (rows 0..t) choosing pool entry p, as a heatmap of
+  each row's shares (%), the count in each cell."""
+  plt = _pyplot()
+  counts = np.asarray(counts)[: t + 1]
+  share = 100.0 * counts / np.maximum(counts.sum(1, keepdims=True), 1)
+  n, pool = counts.shape
+  fig, ax = plt.subplots(figsize=(1.6 + 0.42 * pool, 1.0 + 0.42 * n))
+  im = ax.imshow(share, vmin=0, vmax=100, cmap='viridis', aspect='auto')
+  for i in range(n):
+    for e in range(pool):
+      if counts[i, e]:
+        ax.text(e, i, f'{int(counts[i, e])}', ha='center', va='center', fontsize=6,
+                color='white' if share[i, e] < 60 else 'black')
+  ax.set_xticks(range(pool), [str(e) for e in range(pool)], fontsize=6)
+  ax.set_yticks(range(n), [str(i + 1) for i in range(n)], fontsize=6)
+  ax.set_xlabel('pool entry')
+  ax.set_ylabel('test task')
+  used = int((counts.sum(0) > 0).sum())
+  ax.set_title((title or 'pool entries chosen at test') + f'\n{used} of {pool} entries used', fontsize=8)
+  fig.colorbar(im, ax=ax, fraction=0.046, label='% of the task\'s choices')
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
   plt.close(fig)
 
 

@@ -156,21 +156,23 @@ class Experiment:
     self.stages.append(StageSetup('prompt', self.method, c.prompt, config_lib.lr_scale(c),
                                   c.prompt.ca_lr, self.method.alignment_samples_per_class or c.batch_size,
                                   c.statistics.method))
-    # Without weights (cost analysis): the backbone's shapes only.
-    self.backbone = self._load_backbone() if load_backbone else \
-        jax.eval_shape(lambda: self.method.model.backbone.init(
-            jax.random.PRNGKey(0), jnp.zeros((1, self.vit_cfg.image_size, self.vit_cfg.image_size, 3))))['params']
+    # The data first: a missing or unprepared dataset is reported before a large backbone loads.
     self.data = None
     if load_data:
       self.data = benchmarks.synthetic(c) if c.dry_run else benchmarks.load(c)
       if self.data.split.num_classes != self.num_classes:
         raise DataError(f'{self.data.description} has {self.data.split.num_classes} classes, '
                         f'config expects {self.num_classes}')
+    # Without weights (cost analysis): the backbone's shapes only.
+    self.backbone = self._load_backbone() if load_backbone else \
+        jax.eval_shape(lambda: self.method.model.backbone.init(
+            jax.random.PRNGKey(0), jnp.zeros((1, self.vit_cfg.image_size, self.vit_cfg.image_size, 3))))['params']
     self.split = self.data.split if self.data else None
     self._jitted = {}
     self._test_cache = {}    # task -> its test batches' frozen features (`_test_features`)
     self._stage_features = {}   # stage -> (task, features, labels) (`_frozen_train_features`)
     self._where = 'the start of the run'    # for the line an interrupt prints
+    self.prompt_usage = {}      # test task -> [pool] entries its images chose, last evaluation
 
   # --------------------------------------------------------------------------- setup
 
@@ -315,6 +317,8 @@ class Experiment:
     state['stage1_task_identity_accuracy'] = np.zeros((2, T), np.float32)  # before / after CA
     if self.method.predict_per_example:
       state['accuracy_per_example'] = np.zeros((T, T), np.float32)   # batchwise vote off (D1)
+    if self.method.pool_size:   # [after task, test task, pool entry]: test images choosing it
+      state['prompt_usage'] = np.zeros((T, T, self.method.pool_size), np.float32)
     return state
 
   # --------------------------------------------------------------------------- loops
@@ -587,7 +591,12 @@ class Experiment:
       ok_own = correct(method.predict_per_example)[0] if per_example and method.predict_per_example else ok
       # Selected pool ids that equal the true task, counted over top-k as the references do.
       hits = (used == task) if used.ndim == 1 else (used == task[:, None]).sum(-1)
-      return ok, jnp.where(mask, hits, 0).sum(), mask.sum(), ok_own
+      if not (per_example and method.pool_size):
+        return ok, jnp.where(mask, hits, 0).sum(), mask.sum(), ok_own
+      chosen = used.reshape(used.shape[0], -1)    # how many real images chose each pool entry
+      weight = jnp.broadcast_to(mask[:, None], chosen.shape).astype(jnp.int32)
+      usage = jnp.zeros(method.pool_size, jnp.int32).at[chosen.reshape(-1)].add(weight.reshape(-1))
+      return ok, jnp.where(mask, hits, 0).sum(), mask.sum(), ok_own, usage
 
     self._jitted[key] = self._jit(step)
     return self._jitted[key]
@@ -606,7 +615,9 @@ class Experiment:
     params = state[stage_name]['params']
     method_state = state[stage_name]['method_state']
     acc, task_acc, acc_own = np.zeros(t + 1), np.zeros(t + 1), np.zeros(t + 1)
-    for i in range(t + 1):
+    self.prompt_usage = {}
+    # A dry run checks the evaluation on the first and the current task (the same steps).
+    for i in (sorted({0, t}) if c.dry_run else range(t + 1)):
       cached = self._test_features(i) if tii_params is not None else None
       if stage_name == 'task_identity':    # the stage-1 head alone needs no image
         batches = (pipeline.Batch(None, labels, mask) for labels, mask, _ in cached)
@@ -620,6 +631,8 @@ class Experiment:
                          batch.labels, batch.mask, seen, class_to_task,
                          None if cached is None else cached[b][2]))
       correct, task_correct, total, own = (sum(int(parallel.to_host(x[k])) for x in sums) for k in range(4))
+      if sums and len(sums[0]) > 4:    # pool entries chosen by task i's test images
+        self.prompt_usage[i] = np.sum([parallel.to_host(x[4]) for x in sums], axis=0)
       acc[i] = 100.0 * correct / max(total, 1)
       task_acc[i] = 100.0 * task_correct / max(total, 1)
       acc_own[i] = 100.0 * own / max(total, 1)
@@ -698,6 +711,8 @@ class Experiment:
     self._log(f'{self.data.description}: {self.num_tasks} tasks, {self.num_classes} classes; '
               f'method {c.method}; backbone {c.backbone.name} ({self.vit_cfg.embed_dim}d x '
               f'{self.vit_cfg.depth}); {self.mesh.devices.size} device(s)')
+    self._log('class order (classes of each task): ' + ' | '.join(
+        f'task {t + 1}: ' + ' '.join(map(str, classes)) for t, classes in enumerate(self.split.tasks)))
     run_start = time.time()
     first_task = task_checkpoints.step_stage(done_step + 1)[0] if done_step else 0
     last_task = self.num_tasks
@@ -744,6 +759,8 @@ class Experiment:
           state['accuracy'][: t + 1, t] = acc
           if 'accuracy_per_example' in state:
             state['accuracy_per_example'][: t + 1, t] = acc_own
+          for i, counts in self.prompt_usage.items():
+            state['prompt_usage'][t, i] = counts
           state['task_identity_accuracy'][: t + 1, t] = task_acc
           if not (self.method.uses_statistics and t > 0):
             state['accuracy_before_alignment'][: t + 1, t] = acc
@@ -778,23 +795,27 @@ class Experiment:
     return results
 
   def _report(self, state, t: int):
+    """The matrix and one line of the figures the method has (no task identity for a method
+    that chooses no prompt, no before-alignment figure for one that does not align)."""
     acc = state['accuracy']
-    summary = metrics.summary(acc, t, state['task_identity_accuracy'])
-    before = metrics.summary(state['accuracy_before_alignment'], t)
+    definition = self.method.metric_definition
+    summary = metrics.summary(acc, t, state['task_identity_accuracy'], definition)
     self._log(metrics.format_matrix(acc, t, f'after task {t + 1}: accuracy (%), rows = test task, columns = after task'))
-    self._log(f'after task {t + 1}: average accuracy {summary["average_accuracy"]:.2f} | '
-              f'cumulative {summary["cumulative_average_accuracy"]:.2f} | '
-              f'forgetting {summary["forgetting"]:.2f} | '
-              f'task identity {summary["task_identity_accuracy"]:.2f} | '
-              f'before alignment {before["average_accuracy"]:.2f}')
-    entry = {'task': t, 'event': 'evaluation', **summary,
-             'average_accuracy_before_alignment': before['average_accuracy']}
+    entry = {'task': t, 'event': 'evaluation', **summary}
+    if not self.method.chooses_prompts:    # no per-example choice: its accuracy would mislead
+      del entry['task_identity_accuracy']
+    if self.method.uses_statistics:
+      entry['average_accuracy_before_alignment'] = metrics.average_accuracy(state['accuracy_before_alignment'], t)
+    self._log(f'after task {t + 1}: ' + metrics.summary_line(entry, definition))
     if 'accuracy_per_example' in state:
       entry['average_accuracy_per_example'] = metrics.summary(state['accuracy_per_example'], t)['average_accuracy']
       self._log(f'after task {t + 1}: without the batchwise prompt vote (each image its own prompt): '
                 f'average accuracy {entry["average_accuracy_per_example"]:.2f}')
-    if not self.method.chooses_prompts:    # no per-example choice: its accuracy would mislead
-      del entry['task_identity_accuracy']
+    if 'prompt_usage' in state:
+      used = state['prompt_usage'][t, : t + 1].sum(0)
+      self._log(f'after task {t + 1}: pool entries chosen by the test images: '
+                f'{int((used > 0).sum())} of {used.size} ('
+                + ', '.join(f'{e}: {100 * used[e] / used.sum():.0f}%' for e in np.flatnonzero(used)) + ')')
     self._record(entry, 'eval', t + 1)
 
   def _plot(self, state, t: int, last_task: int) -> None:
@@ -803,24 +824,45 @@ class Experiment:
       return
     plots.write_all(self.workdir, state, t, expert_layers=self.config.prompt.layers,
                     chosen_task=self.method.chooses_prompts)
+    if 'prompt_usage' in state:
+      plots.prompt_usage(state['prompt_usage'][t], t, os.path.join(self.workdir, 'plots', 'prompt_usage.png'),
+                         f'{self.config.method}: pool entries chosen by each task\'s test images, after task {t + 1}')
 
   def _results(self, state, seconds: float) -> Dict[str, Any]:
     acc = np.asarray(state['accuracy'])
     done = int(state['step']) // 2
     k = max(done, 1)    # a run stopped early (stop_after_task) is scored on its completed tasks
     seen = lambda name: np.asarray(state[name])[:k, :k]
-    return {
+    definition = self.method.metric_definition
+    results = {
         'config': config_lib.to_json(self.config),
         'benchmark': self.data.description if self.data else '',
-        'final_average_accuracy': metrics.final_average_accuracy(seen('accuracy')),
-        'cumulative_average_accuracy': metrics.cumulative_average_accuracy(seen('accuracy')),
-        'forgetting': metrics.forgetting(seen('accuracy')),
-        'task_identity_accuracy': metrics.average_accuracy(seen('task_identity_accuracy'), k - 1),
-        'final_average_accuracy_before_alignment': metrics.final_average_accuracy(seen('accuracy_before_alignment')),
+        # FA, CA, FM by the definition of the method's reference; FM by every definition.
+        **metrics.scores(seen('accuracy'), definition),
         'accuracy_matrix': acc.tolist(),
-        'accuracy_matrix_before_alignment': np.asarray(state['accuracy_before_alignment']).tolist(),
-        'task_identity_matrix': np.asarray(state['task_identity_accuracy']).tolist(),
-        'stage1_task_identity_accuracy': np.asarray(state['stage1_task_identity_accuracy']).tolist(),
+        'class_order': [list(map(int, classes)) for classes in self.split.tasks] if self.split else [],
+        **(self.data.record if self.data else {}),
+    }
+    # Only the figures the method has (ALGORITHMS.md 6): a task/prompt chosen per test image, a
+    # head aligned by Gaussian replay, a stage-1 task-identity model, a keyed pool.
+    if self.method.chooses_prompts:
+      results['task_identity_accuracy'] = metrics.average_accuracy(seen('task_identity_accuracy'), k - 1)
+      results['task_identity_matrix'] = np.asarray(state['task_identity_accuracy']).tolist()
+    if self.method.uses_statistics:
+      results['final_average_accuracy_before_alignment'] = metrics.final_average_accuracy(seen('accuracy_before_alignment'))
+      results['accuracy_matrix_before_alignment'] = np.asarray(state['accuracy_before_alignment']).tolist()
+    if 'task_identity' in state:
+      results['stage1_task_identity_accuracy'] = np.asarray(state['stage1_task_identity_accuracy']).tolist()
+    if 'prompt_usage' in state:
+      usage = np.asarray(state['prompt_usage'])[k - 1, :k]
+      results['prompt_usage'] = {
+          'what': f'test images of each task (rows, tasks 1..{k}) choosing each pool entry (columns), '
+                  f'after task {k}; top-{self.config.prompt.top_k} choices, so a row sums to '
+                  f'top_k x images',
+          'counts': usage.astype(int).tolist(),
+          'entries_used': int((usage.sum(0) > 0).sum()), 'pool_size': int(usage.shape[1])}
+    return {
+        **results,
         'tasks_completed': done,
         'seconds_this_invocation': round(seconds, 1),
         'devices': int(self.mesh.devices.size),
@@ -830,7 +872,7 @@ class Experiment:
             'final_average_accuracy_per_example': metrics.final_average_accuracy(seen('accuracy_per_example')),
             'cumulative_average_accuracy_per_example':
                 metrics.cumulative_average_accuracy(seen('accuracy_per_example')),
-            'forgetting_per_example': metrics.forgetting(seen('accuracy_per_example')),
+            'forgetting_per_example': metrics.forgetting(seen('accuracy_per_example'), variant=definition),
             'accuracy_matrix_per_example': np.asarray(state['accuracy_per_example']).tolist()}),
     }
 
@@ -892,4 +934,7 @@ def run(config, workdir: str, joined: Optional[str] = None) -> Dict[str, Any]:
   config = config_lib.validate(config)
   parallel.agree(lambda: (check_workdir(config, workdir),
                           workdir_lock.WorkdirLock(workdir).check()), 'workdir')
+  if config.dry_run:    # at a batch that fits the machine (cljax/dry_run.py)
+    from cljax import dry_run  # pylint: disable=g-import-not-at-top
+    return dry_run.run(config, workdir)
   return Experiment(config, workdir).run(joined)

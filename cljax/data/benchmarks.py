@@ -74,6 +74,8 @@ class Benchmark:
   test: Dataset
   image_size: int
   description: str
+  # What results.json records about the data beyond the description (the ImageNet-R split used).
+  record: Dict = dataclasses.field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- tfds access
@@ -89,10 +91,12 @@ def tfds_split(name: str, split: str, data_dir: str = '', manual_dir: str = ''):
   """(random-access source, info) of a tfds split; offline builders are prepared on first use."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from cljax.data import builders  # pylint: disable=g-import-not-at-top,unused-import  (registers)
+  check_format(name, data_dir)
   try:
     builder = tfds.builder(name, data_dir=data_dir or None, file_format='array_record')
   except Exception as e:  # unknown name etc.
     raise DataError(f'tfds has no builder {name!r}: {str(e).splitlines()[0]}') from e
+  check_complete(builder, name, data_dir)
   image_feature = builder.info.features['image']
   decoders = None
   if isinstance(image_feature, tfds.features.Image):
@@ -104,13 +108,62 @@ def tfds_split(name: str, split: str, data_dir: str = '', manual_dir: str = ''):
       raise DataError(f'{_prepare_hint(name, data_dir)} ({str(e).strip().splitlines()[0]})') from e
   kwargs = {}
   if manual_dir:
-    if not os.path.isdir(manual_dir):
+    if hasattr(builder, 'check_manual_dir'):
+      builder.check_manual_dir(manual_dir)
+    elif not os.path.isdir(manual_dir):
       raise DataError(f'{name}: folder {manual_dir} does not exist. '
                       f'{getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", "")}')
     kwargs['download_config'] = tfds.download.DownloadConfig(manual_dir=manual_dir)
-  builder.download_and_prepare(file_format='array_record', **kwargs)
-  source = builder.as_data_source(split, decoders=decoders)
+  try:
+    builder.download_and_prepare(file_format='array_record', **kwargs)
+    source = builder.as_data_source(split, decoders=decoders)
+  except DataError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise DataError(f'preparing tfds dataset {name!r} under {data_dir or "~/tensorflow_datasets"} '
+                    f'failed: {first}') from e
   return source, builder.info
+
+
+def check_format(name: str, data_dir: str) -> None:
+  """Raise DataError if ``name`` is prepared under ``data_dir`` only in another file format than
+  the array_record cljax reads (tfds's default, tfrecord, needs TensorFlow to read): the line
+  says how to convert or re-prepare it."""
+  import glob  # pylint: disable=g-import-not-at-top
+  import json  # pylint: disable=g-import-not-at-top
+  root = os.path.expanduser(data_dir or os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets'))
+  formats = {}
+  for path in glob.glob(os.path.join(root, name, '**', 'dataset_info.json'), recursive=True):
+    try:
+      with open(path) as f:
+        formats[os.path.dirname(path)] = json.load(f).get('fileFormat', 'tfrecord')
+    except (OSError, ValueError):
+      continue
+  if formats and 'array_record' not in formats.values():
+    folder, fmt = sorted(formats.items())[-1]
+    raise DataError(
+        f'tfds dataset {name!r} is prepared as {fmt} in {folder}, but cljax reads array_record: '
+        f'convert it with `tfds convert_format --dataset_version_dir={folder} '
+        f'--out_file_format=array_record` (needs pip install -e .[prepare]), or delete {folder} and '
+        f'run `python -m cljax.data.prepare {name} --data_dir={data_dir or "~/tensorflow_datasets"}`')
+
+
+def check_complete(builder, name: str, data_dir: str) -> None:
+  """Raise DataError if ``builder``'s prepared folder lacks some of the files its
+  dataset_info.json lists (an interrupted or partly deleted preparation)."""
+  folder = str(builder.data_dir)
+  if not os.path.isfile(os.path.join(folder, 'dataset_info.json')):
+    return
+  files = set(os.listdir(folder))
+  expected = [os.path.basename(str(p)) for split_info in builder.info.splits.values()
+              for p in getattr(split_info, 'filepaths', [])]
+  lacking = [f for f in expected if f not in files]
+  if lacking:
+    raise DataError(
+        f'tfds dataset {name!r} in {folder} is incomplete: {len(lacking)} of {len(expected)} '
+        f'files are missing (e.g. {lacking[0]}); delete {folder} and run `python -m '
+        f'cljax.data.prepare {name} --data_dir={data_dir or "~/tensorflow_datasets"}`')
 
 
 def _decode(value) -> np.ndarray:
@@ -146,8 +199,15 @@ def member_from_tfds(name: str, split: str, family: str, data_dir: str = '', man
 # ----------------------------------------------------------------------------- ImageNet-R split
 
 def imagenet_r_split(source, info, split_mode: str, seed: int, split_file: str = ''):
-  """(train indices, test indices, label per example) for tfds's single ImageNet-R split."""
+  """(train indices, test indices, label per example) for tfds's single ImageNet-R split.
+
+  ``coda``: the CODA-Prompt/SMoPE lists (`cljax.data.imagenet_r_split`: shipped, or the YAML
+  files in ``split_file``), their class numbering; ``random_80_20``: a split drawn with ``seed``
+  (the run passes config.benchmark.imr_split_seed, not config.seed), labels = sorted wnid index.
+  Raises DataError when a listed image is not in the tfds dataset."""
+  del info
   from cljax.errors import one_of  # pylint: disable=g-import-not-at-top
+  from cljax.data import imagenet_r_split as lists_lib  # pylint: disable=g-import-not-at-top
   def text(value):
     return value.decode('utf-8') if isinstance(value, bytes) else str(value)
   names = [text(source[i]['file_name']) for i in range(len(source))]
@@ -160,29 +220,30 @@ def imagenet_r_split(source, info, split_mode: str, seed: int, split_file: str =
     n_train = int(round(0.8 * len(names)))
     return np.sort(order[:n_train]), np.sort(order[n_train:]), labels
   if split_mode == 'coda':
-    import yaml  # pylint: disable=g-import-not-at-top
-    paths = {s: os.path.join(split_file, f'imagenet-r_{s}.yaml') for s in ('train', 'test')}
-    if not split_file or not all(os.path.exists(p) for p in paths.values()):
-      raise DataError('imr_split=coda needs the CODA-Prompt/SMoPE split lists imagenet-r_train.yaml '
-                      'and imagenet-r_test.yaml (dataloaders/splits/ in those repositories): put them '
-                      'in a folder and set config.benchmark.imr_split_file to it, or use '
-                      'config.benchmark.imr_split=random_80_20')
+    lists, where = lists_lib.load(split_file)
     position = {n: i for i, n in enumerate(names)}
     labels = np.full(len(names), -1, np.int64)
     out = []
-    for s in ('train', 'test'):
-      with open(paths[s]) as f:
-        listed = yaml.safe_load(f)
+    for s in lists_lib.SPLITS:
       idx = []
-      for path, target in zip(listed['data'], listed['targets']):
+      for path, target in lists[s]:
         key = '/'.join(path.split('/')[-2:])
         if key not in position:
-          raise DataError(f'{paths[s]} lists {key}, which tfds imagenet_r does not have')
+          raise DataError(f'the ImageNet-R {s} list ({where}) has {key}, which the prepared tfds '
+                          f'imagenet_r ({len(names)} images) lacks: re-prepare it with `python -m '
+                          f'cljax.data.prepare imr`')
         idx.append(position[key])
         labels[position[key]] = int(target)
       out.append(np.array(idx))
     return out[0], out[1], labels
   raise one_of('ImageNet-R split', split_mode, ('coda', 'random_80_20'))
+
+
+def imagenet_r_split_record(b) -> dict:
+  """What results.json records of the ImageNet-R split a run used (ALGORITHMS.md D3)."""
+  if b.imr_split == 'random_80_20':
+    return {'imr_split': 'random_80_20', 'seed': int(b.imr_split_seed)}
+  return {'imr_split': 'coda', 'lists': b.imr_split_file or 'shipped with cljax'}
 
 
 # ----------------------------------------------------------------------------- benchmarks
@@ -233,11 +294,13 @@ def load(c) -> Benchmark:
   split = split_lib.class_incremental(num_classes, b.num_tasks, c.seed, b.shuffle_classes)
   if b.name == 'imr':
     source, info = tfds_split('imagenet_r', 'test', data_dir)
-    tr, te, labels = imagenet_r_split(source, info, b.imr_split, c.seed, b.imr_split_file)
+    tr, te, labels = imagenet_r_split(source, info, b.imr_split, b.imr_split_seed, b.imr_split_file)
     # Example-indexed label map: member_from_tfds maps tfds labels; here labels come per index.
     train = _indexed_member('imagenet_r', tr, labels, family, data_dir)
     test = _indexed_member('imagenet_r', te, labels, family, data_dir)
     desc = f'Split ImageNet-R ({b.imr_split} split)'
+    return Benchmark(split, Dataset([train], [0]), Dataset([test], [0]), size, desc,
+                     {'imagenet_r_split': imagenet_r_split_record(b)})
   else:
     name = {'cifar100': 'cifar100', 'cub': 'caltech_birds2011', 'split_digits': 'split_digits'}[b.name]
     train = member_from_tfds(name, 'train', family, data_dir)

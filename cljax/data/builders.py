@@ -79,13 +79,20 @@ class NotMnistLocal(tfds.core.GeneratorBasedBuilder):
   def _info(self):
     return _info(self, (28, 28, 1), 10, __doc__)
 
+  @staticmethod
+  def check_manual_dir(root: str) -> None:
+    """DataError naming the missing part of the folder (called before anything is written)."""
+    offline.check_notmnist_dir(root, LETTERS)
+
   def _split_generators(self, dl_manager):
     root = dl_manager.manual_dir
+    self.check_manual_dir(str(root))
     return {'train': self._generate_examples(os.path.join(root, 'Train')),
             'test': self._generate_examples(os.path.join(root, 'Test'))}
 
   def _generate_examples(self, folder):
     from PIL import Image  # pylint: disable=g-import-not-at-top
+    skipped = []
     for label, letter in enumerate(LETTERS):
       directory = os.path.join(folder, letter)
       for name in sorted(os.listdir(directory)):
@@ -93,5 +100,15 @@ class NotMnistLocal(tfds.core.GeneratorBasedBuilder):
           with Image.open(os.path.join(directory, name)) as img:
             image = np.asarray(img.convert('L').resize((28, 28)), np.uint8)[..., None]
         except OSError:   # a few files of notMNIST.zip are unreadable: skip them
+          skipped.append(f'{letter}/{name}')
           continue
         yield f'{letter}/{name}', {'image': image, 'label': label}
+    report_skipped('not_mnist_local', folder, skipped)
+
+
+def report_skipped(name: str, folder: str, skipped) -> None:
+  """One line saying how many unreadable image files a builder left out (and the first few)."""
+  if skipped:
+    shown = ', '.join(skipped[:3]) + (', ...' if len(skipped) > 3 else '')
+    print(f'{name}: skipped {len(skipped)} unreadable image file(s) in {folder} ({shown})',
+          flush=True)

@@ -55,6 +55,30 @@ def fashion_mnist(directory: str = FASHION_MNIST_DIR) -> Dict[str, Split]:
   return out
 
 
+def check_notmnist_dir(root: str, letters: str = 'ABCDEFGHIJ') -> None:
+  """Raise DataError naming what a notMNIST folder lacks: Train/ and Test/, each with one
+  non-empty folder per letter A..J (the ACL notMNIST.zip layout)."""
+  how = ('config.benchmark.notmnist_dir must hold Train/A..J and Test/A..J with the PNG images '
+         'of the ACL notMNIST.zip')
+  if not root or not os.path.isdir(root):
+    raise DataError(f'notMNIST folder {root or "(none given)"} does not exist; {how}')
+  missing, empty = [], []
+  for split in ('Train', 'Test'):
+    if not os.path.isdir(os.path.join(root, split)):
+      missing.append(f'{split}/')
+      continue
+    for letter in letters:
+      folder = os.path.join(root, split, letter)
+      if not os.path.isdir(folder):
+        missing.append(f'{split}/{letter}')
+      elif not any(os.path.isfile(os.path.join(folder, n)) for n in os.listdir(folder)):
+        empty.append(f'{split}/{letter}')
+  if missing or empty:
+    parts = ([f'lacks {", ".join(missing)}'] if missing else []) + (
+        [f'has no images in {", ".join(empty)}'] if empty else [])
+    raise DataError(f'notMNIST folder {root} {" and ".join(parts)}; {how}')
+
+
 def digits(seed: int = 0, test_fraction: float = 0.3) -> Dict[str, Split]:
   """scikit-learn's digits as uint8 images (0..16 scaled to 0..255), stratified split."""
   from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top

@@ -82,6 +82,12 @@ class Method:
   # task mask, aux) with the training-time prompt choice (the task's entry, prompt momentum,
   # forced keyed entries, SMoPE's adaptive noise).
   train_forward: Optional[Callable] = None
+  # The reference repository whose metric code the method's paper numbers come from
+  # (`cljax.continual.metrics.DEFINITIONS`): hide ([N]/[H]) or smope ([S]: SMoPE, CODA-Prompt).
+  metric_definition: str = 'hide'
+  # > 0: predict's used ids index a pool of this many entries (L2P, DualPrompt, S-Prompt), whose
+  # use per test task the run records (results.json prompt_usage, plots/prompt_usage.png).
+  pool_size: int = 0
 
   def training_phases(self, t: int, epochs: int) -> Sequence[Phase]:
     return self.phases(t, epochs) if self.phases else [Phase('train', epochs)]

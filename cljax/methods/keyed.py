@@ -141,4 +141,4 @@ def build(config, vit_cfg, num_classes: int, num_tasks: int) -> Method:
   return Method(name, model, init, lambda prm, t: jax.tree.map(lambda _: 1.0, prm), loss, features,
                 make_predict(batchwise), begin_task=begin_task, chooses_prompts=True,
                 predict_per_example=make_predict(False) if batchwise else None,
-                train_forward=train_forward)
+                train_forward=train_forward, pool_size=pool.pool_size)

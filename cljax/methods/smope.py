@@ -180,4 +180,4 @@ def build(config, vit_cfg, num_classes: int, num_tasks: int) -> Method:
                 begin_task=begin_task, phases=phases, after_training=after_training,
                 uses_statistics=True, statistics_train_transform=True,
                 alignment_samples_per_class=int(config.batch_size * p.ca_samples_ratio),
-                mask_test_logits=True, train_forward=train_forward)
+                mask_test_logits=True, train_forward=train_forward, metric_definition='smope')

@@ -147,7 +147,7 @@ def test_the_coordinator_dying_stops_the_others_with_one_line(tmp_path):
   """Process 0 hosts JAX's coordination service: without it the others' C++ client aborts;
   the supervisor (cljax.launch) turns that into one line."""
   workdir = str(tmp_path / 'w')
-  flags = ['--config.backbone.depth=1', '--config.prompt.layers=0', '--config.stop_after_task=1',
+  flags = ['--config.backbone.depth=1', '--config.prompt.layers=(0,)', '--config.stop_after_task=1',
            '--config.checkpoint_every_steps=2']
   port = free_port()
   procs = [start(workdir, port, i, flags) for i in (0, 1)]

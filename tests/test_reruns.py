@@ -18,7 +18,7 @@ from cljax.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Two tasks of the demo with a 1-block backbone: 8 steps an epoch; checkpoints every 4 steps.
-TINY = ['--config=configs/demo.py', '--config.backbone.depth=1', '--config.prompt.layers=0',
+TINY = ['--config=configs/demo.py', '--config.backbone.depth=1', '--config.prompt.layers=(0,)',
         '--config.task_identity.epochs=2', '--config.task_identity.ca_epochs=1',
         '--config.prompt.epochs=2', '--config.prompt.ca_epochs=1', '--config.stop_after_task=2',
         '--config.checkpoint_every_steps=4']

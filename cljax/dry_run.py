@@ -7,7 +7,7 @@
 A dry run (`run`, which `trainer.run` calls for ``config.dry_run``) validates the config, builds
 every step at the real model and image size and runs every task and stage for
 ``config.dry_run_steps`` steps on synthetic inputs (a missing weights file is reported and
-replaced by random weights), evaluating the first and the current task after each (every task
+replaced by random weights), evaluating the current task after each (every task
 runs: methods keep host-side state per task, e.g. CODA's Gram-Schmidt over earlier components). It fits the
 machine: it runs at a small batch (``config.dry_run_batch_size``; 0 = the real batch on an
 accelerator that holds it, else 2 per device) and reports what the real batch would need,

@@ -166,7 +166,7 @@ def test_step_memory_grows_with_the_batch():
   assert large > small > 0
 
 
-def test_dry_run_visits_every_task_and_evaluates_the_first_and_current(tmp_path):
+def test_dry_run_visits_every_task_and_evaluates_the_current_one(tmp_path):
   c = config_lib.demo('l2p')
   c.dry_run = True
   results = trainer.run(c, str(tmp_path))

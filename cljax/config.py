@@ -146,7 +146,7 @@ def base() -> ml_collections.ConfigDict:
   c.distributed_timeout_s = 120
   # True: a rerun may change any value; the stages not yet completed run with the new ones and
   # config.json's '_history' records what changed (e.g. a lower lr after a divergence).
-  c.allow_changed_config = False
+  c.rerun_with_changes = False
   return c
 
 

@@ -166,10 +166,12 @@ def test_convert_reference_reads_args_and_refuses_another_activation(tmp_path, c
     assert torch.equal(saved['model'][key], value), key
   with pytest.raises(SystemExit) as e:
     convert.main(['reference', str(path), str(tmp_path / 'o.pth'), '--activation', 'gelu'] + common)
-  assert str(e.value) == f'error: {path}: checkpoint says gate_act=tanh, --activation=gelu'
+  assert e.value.code == 2     # a user error: exit status 2, the line on stderr
+  assert capsys.readouterr().err == f'error: {path}: checkpoint says gate_act=tanh, --activation=gelu\n'
   with pytest.raises(SystemExit) as e:
     convert.main(['reference', str(path), str(tmp_path / 'o.pth'), '--length', '8'] + common)
-  assert str(e.value) == f'error: {path}: checkpoint says length=4, --length=8'
+  assert e.value.code == 2
+  assert capsys.readouterr().err == f'error: {path}: checkpoint says length=4, --length=8\n'
 
 
 def test_check_args_names_both_values():

@@ -80,7 +80,8 @@ def test_original_file_refused_with_another_activation(capsys):
   assert 'NoRGa (norga) in the MoE_PromptCL/HiDe-Prompt' in capsys.readouterr().out
   with pytest.raises(SystemExit) as e:
     convert.main(['reference', path, '/tmp/unused.pth', '--activation', 'gelu'])
-  assert str(e.value) == f'error: {path}: checkpoint says gate_act=tanh, --activation=gelu'
+  assert e.value.code == 2     # a user error: exit status 2, the line on stderr
+  assert capsys.readouterr().err == f'error: {path}: checkpoint says gate_act=tanh, --activation=gelu\n'
 
 
 KEYED = {'l2p': dict(layers=(0,), pool_size=6, length=2, top_k=2, batchwise_prompt=True),

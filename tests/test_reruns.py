@@ -94,6 +94,7 @@ def test_an_interrupt_swallowed_by_a_callback_still_stops_the_run():
     with pytest.raises(KeyboardInterrupt):
       interrupts.check()
   finally:
+    interrupts.reset()
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
@@ -193,12 +194,12 @@ def test_a_diverged_run_continues_with_a_lower_lr(tmp_path):
   code, out, err = run(workdir, '--config.prompt.lr=1e30')
   assert code == 2
   assert err.strip().endswith('lower config.prompt.lr (or check the inputs) and rerun with '
-                              '--config.allow_changed_config=True to continue from it')
+                              '--config.rerun_with_changes=True to continue from it')
   code, out, err = run(workdir)
   assert code == 2 and 'holds a run of a different config (prompt.lr: 1e+30 != 0.1)' in err
   assert err.strip().endswith('or continue its remaining stages with the new values: '
-                              '--config.allow_changed_config=True')
-  code, out, err = run(workdir, '--config.allow_changed_config=True')
+                              '--config.rerun_with_changes=True')
+  code, out, err = run(workdir, '--config.rerun_with_changes=True')
   assert code == 0, err
   assert 'resuming' in out
   with open(os.path.join(workdir, 'config.json')) as f:

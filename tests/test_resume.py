@@ -246,7 +246,7 @@ def test_diverging_run_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
   assert str(e.value) == (
       'training diverged: non-finite parameters in the prompt stage, task 1, epoch 1/1, step 2/8; '
       'the workdir keeps the last good checkpoint; lower config.prompt.lr (or check the inputs) and rerun '
-      'with --config.allow_changed_config=True to continue from it')
+      'with --config.rerun_with_changes=True to continue from it')
   ckpt = task_checkpoints.RunCheckpoints(str(tmp_path / 'run'))
   done, progress = ckpt.restore_mid_stage(task_checkpoints.stage_step(0, 'prompt'))
   assert done == 1 and all(np.isfinite(x).all() for x in jax_leaves(progress['params']))

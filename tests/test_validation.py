@@ -186,7 +186,8 @@ CASES = [
      'notMNIST folder {d}/notmnist_empty lacks Train/, Test/; config.benchmark.notmnist_dir must hold Train/A..J '
      'and Test/A..J with the PNG images of the ACL notMNIST.zip'),
     ('workdir of another config', _set('workdir', '{d}/other_run'), ConfigError,
-     '{d}/other_run holds a run of a different config (seed: 7 != 42); use another --workdir, or delete that one to start over'),
+     '{d}/other_run holds a run of a different config (seed: 7 != 42); use another --workdir, delete that one '
+     'to start over, or continue its remaining stages with the new values: --config.rerun_with_changes=True'),
     ('workdir is a file', _set('workdir', '{d}/a_file'), ConfigError,
      'workdir {d}/a_file is a file, not a folder; pass another --workdir'),
     ('damaged config.json in the workdir', _set('workdir', '{d}/damaged_run'), CheckpointError,

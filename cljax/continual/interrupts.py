@@ -28,7 +28,7 @@ def _handler(signum, frame):
 def install() -> None:
   """In the main thread: SIGINT sets the flag (the second one raises KeyboardInterrupt)."""
   if threading.current_thread() is threading.main_thread():
-    _PENDING.clear()
+    reset()
     signal.signal(signal.SIGINT, _handler)
 
 
@@ -36,6 +36,11 @@ def check() -> None:
   """Raise KeyboardInterrupt if a SIGINT came since `install`."""
   if _PENDING.is_set():
     raise KeyboardInterrupt
+
+
+def reset() -> None:
+  """Forget a SIGINT that was seen (a new run in the same process starts clean)."""
+  _PENDING.clear()
 
 
 def ignore() -> None:

@@ -69,7 +69,7 @@ def check_finite(losses, params, stage: str, task: int, epoch: int, epochs: int,
       f'training diverged: non-finite {what} in the {stage} stage, task {task + 1}, epoch '
       f'{epoch + 1}/{epochs}, step {losses[bad[0]][0] + 1}/{n_batches}; the workdir keeps the '
       f'last good checkpoint; lower config.{stage}.lr (or check the inputs) and rerun with '
-      f'--config.allow_changed_config=True to continue from it')
+      f'--config.rerun_with_changes=True to continue from it')
 
 
 def with_matmul_precision(fn, precision: str):
@@ -545,7 +545,7 @@ class Experiment:
         raise TrainingDivergedError(
             f'training diverged: non-finite alignment loss ({mean_loss}) in the {stage.name} stage, '
             f'task {t + 1}, alignment epoch {epoch + 1}; the workdir keeps the last good checkpoint; '
-            f'lower config.{stage.name}.ca_lr and rerun with --config.allow_changed_config=True to '
+            f'lower config.{stage.name}.ca_lr and rerun with --config.rerun_with_changes=True to '
             f'continue from it')
       self.run_log.progress(f'[{stage.name}] task {t + 1} alignment epoch', epoch + 1, epochs, start,
                             {'loss': mean_loss})
@@ -877,11 +877,11 @@ class Experiment:
     }
 
 
-# config.json's record of the changes a rerun made with config.allow_changed_config.
+# config.json's record of the changes a rerun made with config.rerun_with_changes.
 HISTORY = '_history'
 # Keys that do not change a run's numbers: a rerun may change them.
 RERUN_MAY_CHANGE = ('log_every_steps', 'stop_after_task', 'checkpoint_every_steps',
-                    'distributed_timeout_s', 'allow_changed_config', HISTORY)
+                    'distributed_timeout_s', 'rerun_with_changes', HISTORY)
 
 
 def check_workdir(config, workdir: str, claim: bool = False) -> None:
@@ -905,10 +905,10 @@ def check_workdir(config, workdir: str, claim: bool = False) -> None:
       raise CheckpointError(f'{path} is damaged ({str(e).splitlines()[0]}); delete {workdir} to start '
                             f'over, or use another --workdir') from e
     differ = config_lib.differences(saved, current, ignore=RERUN_MAY_CHANGE)
-    if differ and not config.allow_changed_config:
+    if differ and not config.rerun_with_changes:
       raise ConfigError(f'{workdir} holds a run of a different config ({"; ".join(differ[:4])}); '
                         f'use another --workdir, delete that one to start over, or continue its '
-                        f'remaining stages with the new values: --config.allow_changed_config=True')
+                        f'remaining stages with the new values: --config.rerun_with_changes=True')
     if differ and claim:    # the stages not yet completed run with the new values
       history = saved.get(HISTORY, []) + [{'time': round(time.time(), 1), 'changed': differ}]
       _write_json(path, {**current, HISTORY: history})
@@ -932,9 +932,9 @@ def run(config, workdir: str, joined: Optional[str] = None) -> Dict[str, Any]:
   # The config and the workdir (another config's run, or a live run) are checked before
   # anything is loaded or compiled.
   config = config_lib.validate(config)
-  parallel.agree(lambda: (check_workdir(config, workdir),
-                          workdir_lock.WorkdirLock(workdir).check()), 'workdir')
-  if config.dry_run:    # at a batch that fits the machine (cljax/dry_run.py)
+  if config.dry_run:    # at a batch that fits the machine, checked as such (cljax/dry_run.py)
     from cljax import dry_run  # pylint: disable=g-import-not-at-top
     return dry_run.run(config, workdir)
+  parallel.agree(lambda: (check_workdir(config, workdir),
+                          workdir_lock.WorkdirLock(workdir).check()), 'workdir')
   return Experiment(config, workdir).run(joined)

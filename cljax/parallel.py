@@ -20,7 +20,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from cljax.errors import CljaxError, ConfigError
 from cljax import launch as launch_lib
-from cljax.launch import Launch, describe_launch, mark
 
 DEFAULT_TIMEOUT_S = 120
 
@@ -39,7 +38,7 @@ def _on_tpu_vm() -> bool:
 
 
 def initialize_distributed(timeout_s: int = DEFAULT_TIMEOUT_S) -> Optional[str]:
-  """Join the multi-process run the environment describes (`describe_launch`; on a Cloud TPU
+  """Join the multi-process run the environment describes (`cljax.launch.describe_launch`; on a Cloud TPU
   VM JAX's own detection of the slice); returns how it joined, for the run log, or None for a
   single process.
 
@@ -47,16 +46,16 @@ def initialize_distributed(timeout_s: int = DEFAULT_TIMEOUT_S) -> Optional[str]:
   collectives unless JAX_CPU_COLLECTIVES_IMPLEMENTATION says otherwise. Raises ConfigError for
   a half-described environment and DistributedError when the processes do not all join within
   ``timeout_s`` seconds (a process never started, a coordinator that cannot be reached)."""
-  launch = describe_launch()
+  launch = launch_lib.describe_launch()
   if launch is None and _on_tpu_vm():
-    launch = Launch('the hosts of this Cloud TPU slice (JAX\'s detection)', {})
+    launch = launch_lib.Launch('the hosts of this Cloud TPU slice (JAX\'s detection)', {})
   if launch is None:
     return None
   if not os.environ.get('JAX_CPU_COLLECTIVES_IMPLEMENTATION'):
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   where = launch.kwargs.get('coordinator_address') or 'the detected coordinator'
   pid = launch.kwargs.get('process_id')
-  mark(phase='joining', process='?' if pid is None else pid,
+  launch_lib.mark(phase='joining', process='?' if pid is None else pid,
        processes=launch.kwargs.get('num_processes', '?'), coordinator=where, timeout=timeout_s)
   try:
     jax.distributed.initialize(**launch.kwargs, initialization_timeout=int(timeout_s),
@@ -65,7 +64,7 @@ def initialize_distributed(timeout_s: int = DEFAULT_TIMEOUT_S) -> Optional[str]:
     raise DistributedError(launch_lib.cannot_join('?' if pid is None else pid,
                                                   launch.kwargs.get('num_processes', '?'), where,
                                                   timeout_s)) from e
-  mark(phase='joined', process=jax.process_index(), processes=jax.process_count(), coordinator=where)
+  launch_lib.mark(phase='joined', process=jax.process_index(), processes=jax.process_count(), coordinator=where)
   _start_heartbeat()
   return f'{launch.how}; this is process {jax.process_index()} of {jax.process_count()}'
 

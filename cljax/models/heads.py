@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from cljax.errors import one_of
+from cljax.models import prefix as prefix_lib
 from cljax.models.vit import layer_norm
 
 HEAD_INITS = ('timm', 'torch_default')
@@ -77,7 +78,7 @@ class MlpMapping(nn.Module):
         out = nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, dtype=self.dtype,
                            name=f'net_{i}_2')(out)
       else:
-        out = nn.gelu(out, approximate=False)
+        out = prefix_lib.gelu(out)
     out = out + x
     if self.final_norm:
       out = nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, dtype=self.dtype, name='norm')(out)

@@ -126,7 +126,7 @@ class Mlp(nn.Module):
   def __call__(self, x):
     dim = x.shape[-1]
     x = nn.Dense(self.hidden, kernel_init=_trunc_normal, dtype=self.dtype, name='fc1')(x)
-    x = nn.gelu(x, approximate=False)
+    x = prefix_lib.gelu(x)
     return nn.Dense(dim, kernel_init=_trunc_normal, dtype=self.dtype, name='fc2')(x)
 
 

@@ -31,8 +31,26 @@ def flag_error(argv, error: Exception) -> str:
       except CljaxError as e:
         return f'{e} (in {arg})'
   if 'config file' in lines[0]:   # ml_collections puts the reason after it
-    return f'cannot load the config file: {lines[-1]}'
+    return _config_file_type_error(argv, lines[-1]) or f'cannot load the config file: {lines[-1]}'
   return lines[0]
+
+
+def _config_file_type_error(argv, reason: str):
+  """ml_collections' type refusal inside a config file, as cljax's tuple message (the key's
+  full path is found among the schema's tuple keys), or None for any other reason."""
+  import re  # pylint: disable=g-import-not-at-top
+  from cljax import config as config_lib  # pylint: disable=g-import-not-at-top
+  m = re.search(r"Could not override field '(\w+)'.*?\. (.+) is of original type <class '(\w+)'> "
+                r"and cannot be casted to type <class 'tuple'>", reason)
+  if not m:
+    return None
+  field, value = m.group(1), m.group(2)
+  paths = [k for k in config_lib.tuple_keys() if k.split('.')[-1] == field] or [field]
+  files = [a.split('=', 1)[1] for a in argv[1:] if a.startswith('--config=')]
+  where = f'the config file {files[0].split(":")[0]}' if files else 'the config file'
+  return (f'{where} sets {field} to the single value {value}, but '
+          f'{" or ".join("config." + p for p in paths)} is a tuple; write ({value},) for one '
+          f'entry, or list them: (0, 1, 2)')
 
 
 def parse_flags(argv):

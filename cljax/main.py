@@ -50,6 +50,11 @@ def main(argv):
           'and the same command starts again', file=sys.stderr)
     sys.exit(130)
   except Exception as e:  # pylint: disable=broad-except
+    from cljax.errors import storage_error  # pylint: disable=g-import-not-at-top
+    full_or_refused = storage_error(e, _WORKDIR.value)
+    if full_or_refused is not None:   # the disk, not cljax: one line, and Orbax's threads stop
+      print(f'error: {full_or_refused}', file=sys.stderr)
+      _exit_now(2)
     stopped = parallel.describe_stop(e)
     if stopped is None:    # this process's own error
       raise

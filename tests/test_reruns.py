@@ -206,3 +206,27 @@ def test_a_diverged_run_continues_with_a_lower_lr(tmp_path):
     saved = json.load(f)
   assert saved['prompt']['lr'] == 0.1
   assert [h['changed'] for h in saved['_history']] == [['prompt.lr: 1e+30 != 0.1']]
+
+
+def _file_size_limit(limit):
+  """preexec_fn: writes past ``limit`` bytes fail with EFBIG, as a full disk fails them."""
+  def apply():
+    import resource  # pylint: disable=g-import-not-at-top
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+  return apply
+
+
+def test_a_write_the_filesystem_refuses_is_one_line_and_loses_nothing(finished, tmp_path):
+  # The first mid-stage checkpoint holds a ~370 kB file: Orbax's writer fails in its threads.
+  workdir = str(tmp_path / 'w')
+  proc = start(workdir, preexec_fn=_file_size_limit(200_000))
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 2, err
+  assert err.count('\n') == 1 and err.startswith(f'error: cannot write {workdir}/checkpoints/'), err
+  assert 'ulimit -f' in err and 'rerun the same command: it continues from the last complete' in err
+  assert 'Traceback' not in err + out and 'orbax' not in err
+  code, out, err = run(workdir)    # the limit lifted: the same command finishes the run
+  assert code == 0, err
+  with open(os.path.join(workdir, 'results.json')) as f:
+    assert json.load(f)['accuracy_matrix'] == finished[1]['accuracy_matrix']

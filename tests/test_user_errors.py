@@ -151,3 +151,35 @@ def test_every_entry_point_exits_2_on_a_user_error(tmp_path):
     assert out.returncode == 2, (args, out.stderr[-2000:])
     assert out.stderr.strip().splitlines()[-1].startswith(expected), (args, out.stderr[-2000:])
     assert 'Traceback' not in out.stderr, args
+
+
+@pytest.mark.parametrize('error, expected', [
+    (ValueError('RESOURCE_EXHAUSTED: Error writing "x" in OCDBT database at local file '
+                '"/w/checkpoints/tasks/3.orbax-checkpoint-tmp/default/": Failed writing: '
+                '"/w/checkpoints/tasks/3.orbax-checkpoint-tmp/default/d/ab": Failed to write 9 '
+                "bytes to file 5: No space left on device [os_error_code='28']"),
+     'cannot write /w/checkpoints/tasks/3: no space left on the device; free space where /w '
+     'lives (or move the workdir to a larger disk), then rerun the same command: it continues '
+     'from the last complete checkpoint (the one being written is discarded; the ones before it '
+     'are intact)'),
+    (PermissionError(13, 'Permission denied', '/w/metrics.jsonl'),
+     'cannot write /w/metrics.jsonl: permission denied; make /w writable for this user '
+     '(chmod/chown, or remount read-write), then rerun the same command: it continues from the '
+     'last complete checkpoint'),
+    (RuntimeError('while saving'), None),   # the cause, not the message, is the disk's
+])
+def test_a_full_or_unwritable_disk_is_named_with_its_fix(error, expected):
+  from cljax.errors import storage_error
+  if expected is None:
+    try:
+      try:
+        raise OSError(30, 'Read-only file system', '/w/results.json.tmp')
+      except OSError as e:
+        raise error from e
+    except RuntimeError as e:
+      error = e
+    expected = ('cannot write /w/results.json.tmp: the file system is read-only; make /w writable '
+                'for this user (chmod/chown, or remount read-write), then rerun the same command: '
+                'it continues from the last complete checkpoint')
+  assert str(storage_error(error, '/w')) == expected
+  assert storage_error(ValueError('shape mismatch'), '/w') is None

@@ -289,6 +289,13 @@ def test_command_line_mistakes_are_one_error_line(tmp_path):
   out = run([], config='configs/nonexistent.py')
   assert out.returncode == 2 and out.stderr.strip().splitlines()[-1] == (
       "error: cannot load the config file: [Errno 2] No such file or directory: 'configs/nonexistent.py'")
+  scalar = tmp_path / 'scalar_layers.py'    # a scalar for a tuple key inside a config file
+  scalar.write_text('from cljax import config as config_lib\n\ndef get_config(arg=None):\n'
+                    '  c = config_lib.demo()\n  c.prompt.layers = 5\n  return c\n')
+  out = run([], config=str(scalar))
+  assert out.returncode == 2 and out.stderr.strip().splitlines()[-1] == (
+      f'error: the config file {scalar} sets layers to the single value 5, but '
+      'config.prompt.layers is a tuple; write (5,) for one entry, or list them: (0, 1, 2)')
   out = run([], config='configs/cifar100_norga.py:vit_h14')
   assert out.returncode == 2 and 'Traceback' not in out.stderr
   assert out.stderr.strip().splitlines()[-1].startswith(

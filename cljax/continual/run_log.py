@@ -27,6 +27,10 @@ def quiet_libraries():
     absl_logging.set_verbosity(absl_logging.WARNING)
   for name in ('orbax', 'absl', 'tensorflow_datasets'):
     logging.getLogger(name).setLevel(logging.WARNING)
+  # A failed Orbax write logs its traceback from each of its background threads before the main
+  # thread re-raises it; cljax reports that one exception (one line for a full or read-only disk).
+  logging.getLogger('absl').addFilter(
+      lambda r: not (r.levelno >= logging.ERROR and f'{os.sep}orbax{os.sep}' in r.pathname))
   try:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     tfds.disable_progress_bar()

@@ -30,8 +30,11 @@ class WorkdirLock:
       os.makedirs(self.workdir, exist_ok=True)
       f = open(self.path, 'a+')
     except OSError as e:
-      raise ConfigError(f'cannot create workdir {self.workdir} ({e.strerror}); pass another '
-                        f'--workdir') from e
+      existed = os.path.isdir(self.workdir)
+      raise ConfigError(
+          f'{"cannot write in workdir" if existed else "cannot create workdir"} {self.workdir} '
+          f'({e.strerror}); {"make it writable for this user or " if existed else ""}pass '
+          f'another --workdir') from e
     try:
       fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

@@ -144,6 +144,9 @@ def base() -> ml_collections.ConfigDict:
   # Several processes (cljax.parallel): how long to wait for every process to join, and for a
   # silent process before the others stop.
   c.distributed_timeout_s = 120
+  # XLA's persistent compilation cache (cljax/compilation_cache.py): auto = .jax_cache beside the
+  # workdir, off, or a folder. Reruns, resumes and other seeds then skip recompiling.
+  c.compilation_cache = 'auto'
   # True: a rerun may change any value; the stages not yet completed run with the new ones and
   # config.json's '_history' records what changed (e.g. a lower lr after a divergence).
   c.rerun_with_changes = False
@@ -298,6 +301,7 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _check(c.checkpoint_every_steps >= 0,
          f'config.checkpoint_every_steps must be >= 0 (0 = checkpoint at stage ends only), '
          f'got {c.checkpoint_every_steps}')
+  _check(bool(c.compilation_cache), "config.compilation_cache is empty; use 'auto', 'off' or a folder")
   _check(c.distributed_timeout_s >= 1,
          f'config.distributed_timeout_s must be >= 1 (seconds), got {c.distributed_timeout_s}')
   _check(c.backbone.depth >= 0, f'config.backbone.depth must be >= 0 (0 = every block), got {c.backbone.depth}')

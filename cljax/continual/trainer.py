@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cljax import config as config_lib
+from cljax import compilation_cache, config as config_lib
 from cljax import optim, parallel
 from cljax.checkpoints import backbones as backbone_lib
 from cljax.continual import (alignment, interrupts, metrics, plots, task_checkpoints, task_identity,
@@ -881,7 +881,7 @@ class Experiment:
 HISTORY = '_history'
 # Keys that do not change a run's numbers: a rerun may change them.
 RERUN_MAY_CHANGE = ('log_every_steps', 'stop_after_task', 'checkpoint_every_steps',
-                    'distributed_timeout_s', 'rerun_with_changes', HISTORY)
+                    'distributed_timeout_s', 'rerun_with_changes', 'compilation_cache', HISTORY)
 
 
 def check_workdir(config, workdir: str, claim: bool = False) -> None:
@@ -932,6 +932,7 @@ def run(config, workdir: str, joined: Optional[str] = None) -> Dict[str, Any]:
   # The config and the workdir (another config's run, or a live run) are checked before
   # anything is loaded or compiled.
   config = config_lib.validate(config)
+  compilation_cache.enable(config.compilation_cache, workdir)
   if config.dry_run:    # at a batch that fits the machine, checked as such (cljax/dry_run.py)
     from cljax import dry_run  # pylint: disable=g-import-not-at-top
     return dry_run.run(config, workdir)

@@ -101,8 +101,7 @@ def test_uint8_pixels_cross_to_the_devices(monkeypatch):
   assert batch.images.dtype == np.uint8 and set(batch.norm.tolist()) == {0, 1}
   on_device = pipeline.to_device(batch, sharding)
   assert put[0] == np.uint8 and on_device.images.dtype == np.float32 and on_device.norm is None
-  np.testing.assert_allclose(np.asarray(on_device.images), pipeline.host_input(batch).images,
-                             atol=1e-6, rtol=0)
+  np.testing.assert_array_equal(np.asarray(on_device.images), pipeline.host_input(batch).images)
   feats = next(pipeline.feature_batches(np.ones((5, 4), np.float32), np.arange(5), 8))
   assert feats.norm is None
   np.testing.assert_array_equal(np.asarray(pipeline.to_device(feats, sharding).images), feats.images)
@@ -110,8 +109,9 @@ def test_uint8_pixels_cross_to_the_devices(monkeypatch):
 
 @pytest.mark.parametrize('family', ['default', 'cifar'])
 def test_jitted_normalisation_is_the_float_transform(family):
-  """The device's ToTensor + Normalize of the uint8 transform output equals the float32 output
-  of the transform before the move to uint8 batches (x / 255, then CIFAR's (x - mean) / std)."""
+  """The device's ToTensor + Normalize of the uint8 transform output equals, bit for bit, the
+  float32 output of the transform before the move to uint8 batches (x / 255, then CIFAR's
+  (x - mean) / std), for every pixel value."""
   rng = np.random.default_rng(1)
   image = rng.integers(0, 256, (37, 29, 3), dtype=np.uint8)
   pixels = transforms.make(family, True, 24)(image, np.random.default_rng([5, 7]))
@@ -121,8 +121,13 @@ def test_jitted_normalisation_is_the_float_transform(family):
     before = (before - transforms.CIFAR_MEAN) / transforms.CIFAR_STD
   norm = np.array([transforms.normalisation(family)], np.int8)
   jitted = jax.jit(lambda x, n: transforms.to_model_input(x, n, jax.numpy))
-  np.testing.assert_allclose(np.asarray(jitted(pixels[None], norm))[0], before, atol=1e-6, rtol=0)
+  np.testing.assert_array_equal(np.asarray(jitted(pixels[None], norm))[0], before)
   np.testing.assert_array_equal(transforms.to_model_input(pixels[None], norm)[0], before)
+  every = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(3, -1)
+  as_before = every.astype(np.float32) / 255.0
+  if family == 'cifar':
+    as_before = (as_before - transforms.CIFAR_MEAN) / transforms.CIFAR_STD
+  np.testing.assert_array_equal(np.asarray(jitted(every, norm)), as_before)
 
 
 def test_a_consumer_that_stops_early_stops_the_worker():

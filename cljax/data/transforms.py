@@ -47,12 +47,23 @@ def to_model_input(images, norm, xp=np):
   """ToTensor + Normalize: uint8 [B, H, W, 3] pixels -> float32 [B, H, W, 3] model input.
 
   ``norm`` [B] int: each row's `normalisation` (a batch may mix families). ``xp`` is numpy or
-  jax.numpy (the same float32 ops in the same order on the host and in a jitted function)."""
-  x = xp.asarray(images).astype(xp.float32) / xp.float32(255.0)
+  jax.numpy: the same float32 ops in the same order, bit for bit, on the host and in a jitted
+  function."""
+  x = _divide(xp.asarray(images).astype(xp.float32), np.float32(255.0), xp)
   norm = xp.asarray(norm)
   mean = xp.asarray(MEANS)[norm][:, None, None, :]
   std = xp.asarray(STDS)[norm][:, None, None, :]
-  return (x - mean) / std
+  return _divide(x - mean, std, xp)
+
+
+def _divide(a, b, xp):
+  """a / b rounded as numpy (and torchvision) divide. XLA turns a division by a broadcast into a
+  multiplication by its reciprocal, up to 1 ulp off; a full-shaped divisor behind an
+  optimization barrier keeps the true division."""
+  if xp is np:
+    return a / b
+  import jax  # pylint: disable=g-import-not-at-top
+  return a / jax.lax.optimization_barrier(xp.broadcast_to(xp.asarray(b, xp.float32), a.shape))
 
 
 def to_pil(image: np.ndarray) -> Image.Image:

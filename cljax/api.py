@@ -208,15 +208,18 @@ def accuracy(setup: Setup, params, method_state, backbone, task: int, batch_size
 
 def batches(setup: Setup, task: int, train: bool = True, batch_size: int = 0, seed: int = 0,
             shuffle: Optional[bool] = None) -> Iterator[Dict[str, np.ndarray]]:
-  """Numpy batches {'images', 'labels', 'mask'} of task's train (augmented, shuffled) or test
-  images; the last batch is padded (mask False)."""
+  """Numpy batches {'images' float32 [B, H, W, 3] (the model's input: ToTensor + Normalize done),
+  'labels' [B], 'mask' [B]} of task's train (augmented, shuffled) or test images; the last batch
+  is padded (mask False)."""
   if setup.data is None:
     raise ConfigError('this Setup has no data: build it with api.build(config, data=True)')
   data = setup.data.train if train else setup.data.test
   indices = data.indices_of(setup.data.split.tasks[task])
   size = batch_size or (setup.config.batch_size if train else setup.config.eval_batch_size)
   for b in pipeline.batches(data, indices, size, setup.config.backbone.image_size, train=train,
-                            seed=(seed, task), shuffle=train if shuffle is None else shuffle):
+                            seed=(seed, task), shuffle=train if shuffle is None else shuffle,
+                            workers=setup.config.data_workers):
+    b = pipeline.host_input(b)
     yield {'images': b.images, 'labels': b.labels, 'mask': b.mask}
 
 

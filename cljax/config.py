@@ -136,6 +136,9 @@ def base() -> ml_collections.ConfigDict:
   # else 2 per device; the dry run reports what the real batch would need either way.
   c.dry_run_batch_size = 0
   c.log_every_steps = 50
+  # Input pipeline (grain): 0 = decode and transform in threads of the training process; N > 0 =
+  # N worker processes (JPEG decoding included). The batches are the same for any value.
+  c.data_workers = 0
   c.model_override = ''         # e.g. 'vit_ti16' for tiny CI runs of a paper config
   c.stop_after_task = 0         # > 0: stop cleanly after this many tasks (rerun to continue)
   # > 0: also checkpoint every this many training steps inside a stage (params, optimizer state,
@@ -384,6 +387,7 @@ NUMBER_RANGES = {
     'schedule.decay_rate': (0, False, 1, True),
     'schedule.min_lr': _NON_NEGATIVE,
     'log_every_steps': _NON_NEGATIVE,
+    'data_workers': _NON_NEGATIVE,
     'dry_run_batch_size': _NON_NEGATIVE,
 }
 # Alignment epochs of the stages that align their head (the rest never read them).

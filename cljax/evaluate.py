@@ -211,7 +211,8 @@ def main(argv):
       saved = task_checkpoints.run_config(_WORKDIR.value)
       from cljax import config as config_lib  # pylint: disable=g-import-not-at-top
       diff = config_lib.differences(config_lib.to_json(saved), config_lib.to_json(config),
-                                    ignore=('checkpoint_every_steps', 'log_every_steps', 'stop_after_task'))
+                                    ignore=('checkpoint_every_steps', 'log_every_steps', 'stop_after_task',
+                                            'data_workers'))
       if diff:
         raise ConfigError(f'{_WORKDIR.value} was run with another config ({diff[0]}); use its config')
       tasks = _workdir_tasks(_WORKDIR.value)

@@ -316,7 +316,7 @@ def torch_sync(out):
 # ----------------------------------------------------------------------------- input pipeline
 
 def host_pipeline_rate(batch: int, image_size: int = 224, source_size=(375, 500), n_batches: int = 6) -> float:
-  """img/s of cljax's host input pipeline (pipeline.batches: thread pool, the references'
+  """img/s of cljax's host input pipeline (pipeline.batches: grain, threads in this process, the references'
   ImageNet-R training transform) on decoded uint8 images of a typical ImageNet-R size; JPEG
   decoding is not included, so a real run's pipeline is slower than this."""
   from cljax.data import benchmarks as data_lib, pipeline  # pylint: disable=g-import-not-at-top

@@ -78,6 +78,7 @@ class TorchBatch:
   """The real rows of a cljax batch as torch tensors (images NCHW; features [n, D] as they are)."""
 
   def __init__(self, batch: pipeline.Batch):
+    batch = pipeline.host_input(batch)    # uint8 pixels -> the model's float input
     keep = batch.mask
     images = batch.images[keep]
     self.images = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2) if images.ndim == 4 else images))

@@ -61,7 +61,8 @@ def test_cifar100_through_tfds(tmp_path):
   assert batch.images.shape == (8, 224, 224, 3) and batch.mask.sum() == 8
   assert set(batch.labels.tolist()) <= set(data.split.tasks[0])
   # Normalised with CIFAR-100 statistics: values leave [0, 1].
-  assert batch.images.min() < 0
+  assert batch.images.dtype == np.uint8 and (batch.norm == 1).all()
+  assert pipeline.host_input(batch).images.min() < 0
 
 
 def test_cub_variable_size_jpegs_decode_lazily(tmp_path):

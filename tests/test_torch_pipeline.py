@@ -99,8 +99,9 @@ def test_training_steps_give_the_trainers_losses(tp, data_dir, tmp_path):
         stats = stats.replace(mean=mean, valid=valid)
       pipe.stats[name] = stats
       seed = (c.seed, 1 + list(pipe.stages).index(name), t, 0, 0)
-      batches = list(pipeline.batches(exp.data.train, indices, c.batch_size, c.backbone.image_size,
-                                      train=True, seed=seed, shuffle=True))[:3]
+      batches = [pipeline.host_input(b) for b in pipeline.batches(
+          exp.data.train, indices, c.batch_size, c.backbone.image_size, train=True, seed=seed,
+          shuffle=True)][:3]
       params = jax.tree.map(jnp.array, initial[name]['params'])   # a copy: the step donates it
       ours, params = cljax_losses(exp, stage, params,
                                   initial[name]['method_state'], stats, t, batches)

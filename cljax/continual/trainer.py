@@ -331,7 +331,8 @@ class Experiment:
   def _batches(self, indices, train: bool, seed, shuffle: bool, batch_size: int):
     it = pipeline.batches(self.data.train if train else self.data.test, indices, batch_size,
                           self.config.backbone.image_size, train=train, seed=seed, shuffle=shuffle,
-                          rows=parallel.host_rows(batch_size, self.mesh))
+                          rows=parallel.host_rows(batch_size, self.mesh),
+                          workers=self.config.data_workers)
     return pipeline.prefetch(self._limit(it), self.data_sharding)
 
   def _train_batches(self, indices, train_transform: bool, seed, shuffle, start_batch: int = 0):
@@ -340,7 +341,8 @@ class Experiment:
     it = pipeline.batches(self.data.train, indices, self.config.batch_size,
                           self.config.backbone.image_size, train=train_transform, seed=seed,
                           shuffle=shuffle, start_batch=start_batch,
-                          rows=parallel.host_rows(self.config.batch_size, self.mesh))
+                          rows=parallel.host_rows(self.config.batch_size, self.mesh),
+                          workers=self.config.data_workers)
     return pipeline.prefetch(self._limit(it, start_batch), self.data_sharding)
 
   def _context(self, stage_state, t: int):
@@ -881,7 +883,8 @@ class Experiment:
 HISTORY = '_history'
 # Keys that do not change a run's numbers: a rerun may change them.
 RERUN_MAY_CHANGE = ('log_every_steps', 'stop_after_task', 'checkpoint_every_steps',
-                    'distributed_timeout_s', 'rerun_with_changes', 'compilation_cache', HISTORY)
+                    'distributed_timeout_s', 'rerun_with_changes', 'compilation_cache',
+                    'data_workers', HISTORY)
 
 
 def check_workdir(config, workdir: str, claim: bool = False) -> None:

@@ -1,39 +1,45 @@
-"""Batches from a `Dataset`: seeded shuffling, threaded decode + transforms, padding, devices.
+"""Batches from a `Dataset` on grain: seeded shuffling, decode + transforms in threads or worker
+processes, padding, devices.
 
 Every batch has the configured size: the last one is padded and carries a ``mask`` of the real
 examples, so one compiled step serves a whole task and the losses average over real examples
 only, as the references' smaller last batch does. Randomness is a pure function of
 (seed, purpose, example), so a run is reproducible and resumable.
+
+The host yields uint8 pixels; `to_device` puts them on the devices as uint8 and converts them
+there (`transforms.to_model_input`, the one definition of ToTensor + Normalize).
+
+An epoch is a grain ``MapDataset`` of this host's batches (element b = global batch
+start_batch + b), read by grain's thread prefetch (``ReadOptions``) in this process or by
+``mp_prefetch`` worker processes, which take whole batches round-robin and interleave them back
+in order: the batches do not depend on the number of workers. Resuming mid-epoch is
+``start_batch``: for a MapDataset, grain's iterator state is the next element's index, which the
+trainer's checkpoint already records as the epoch's batch position.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import os
 import queue
 import threading
 from typing import Any, Iterator, NamedTuple, Optional, Sequence
 
-import jax
 import numpy as np
 
 from cljax.data import transforms
 
 
 class Batch(NamedTuple):
-  images: np.ndarray   # [B, H, W, 3] float32
-  labels: np.ndarray   # [B] int32 (0 in padding)
-  mask: np.ndarray     # [B] bool, False in padding
+  images: Any          # host: [B, H, W, 3] uint8 pixels (or [B, D] float32 features); devices: float32
+  labels: Any          # [B] int32 (0 in padding)
+  mask: Any            # [B] bool, False in padding
+  # [B] int8 row of transforms.MEANS/STDS per image, None once converted (and for features).
+  norm: Any = None
 
 
-_POOL = None
-
-
-def _pool():
-  global _POOL
-  if _POOL is None:
-    _POOL = concurrent.futures.ThreadPoolExecutor(max(2, min(8, os.cpu_count() or 2)))
-  return _POOL
+def threads() -> int:
+  """Decode threads of an in-process pipeline (data_workers=0)."""
+  return max(2, min(8, os.cpu_count() or 2))
 
 
 def epoch_order(indices: np.ndarray, seed: Sequence[int], shuffle: bool) -> np.ndarray:
@@ -47,69 +53,156 @@ def num_batches(n: int, batch_size: int) -> int:
   return -(-n // batch_size)
 
 
+class _Example:
+  """(position in the epoch, dataset index; -1 = padding) -> (uint8 [S, S, 3], label, mask, norm).
+
+  A picklable callable (grain sends it to worker processes, which decode the images: a JPEG
+  dataset's ``image(i)`` reads and decodes the file there). The draws of position p come from
+  ``default_rng(list(seed) + [p])``: the same in any thread or process."""
+
+  def __init__(self, dataset, image_size: int, train: bool, seed: Sequence[int]):
+    self.dataset, self.image_size, self.train = dataset, image_size, train
+    self.seed = [int(s) for s in seed]
+    self._transforms = {}
+
+  def __getstate__(self):
+    return dict(self.__dict__, _transforms={})
+
+  def __call__(self, record):
+    position, i = int(record[0]), int(record[1])
+    if i < 0:
+      return (np.zeros((self.image_size, self.image_size, 3), np.uint8), np.int32(0), False,
+              np.int8(0))
+    family = self.dataset.family(i)
+    if family not in self._transforms:
+      self._transforms[family] = transforms.make(family, self.train, self.image_size)
+    rng = np.random.default_rng(self.seed + [position])
+    image = self._transforms[family](self.dataset.image(i), rng)
+    return (image, np.int32(self.dataset.labels[i]), True, np.int8(transforms.normalisation(family)))
+
+
+def host_records(order: np.ndarray, batch_size: int, start_batch: int = 0,
+                 rows: Optional[tuple] = None) -> np.ndarray:
+  """[n_batches * (end - start), 2] int64 (position in the epoch, dataset index) of this host's
+  rows of every global batch from ``start_batch`` on, batch after batch; rows past the epoch's
+  end are padding (index -1)."""
+  start, end = rows or (0, batch_size)
+  b = np.arange(start_batch, num_batches(len(order), batch_size))
+  positions = (b[:, None] * batch_size + np.arange(start, end)[None, :]).reshape(-1)
+  valid = positions < len(order)
+  index = np.full(len(positions), -1, np.int64)
+  index[valid] = np.asarray(order, np.int64)[positions[valid]]
+  return np.stack([positions, index], axis=1).astype(np.int64)
+
+
+def batch_dataset(dataset, indices, batch_size: int, image_size: int, train: bool,
+                  seed: Sequence[int] = (0,), shuffle: bool = False, start_batch: int = 0,
+                  rows: Optional[tuple] = None):
+  """The epoch as a grain MapDataset whose element b is this host's share of global batch
+  start_batch + b: a tuple (images uint8 [R, S, S, 3], labels int32 [R], mask bool [R],
+  norm int8 [R]), R = end - start of ``rows`` (default: the whole batch)."""
+  import grain  # pylint: disable=g-import-not-at-top
+  order = epoch_order(indices, seed, shuffle)
+  start, end = rows or (0, batch_size)
+  records = host_records(order, batch_size, start_batch, rows)
+  return (grain.MapDataset.source(records)
+          .map(_Example(dataset, image_size, train, seed))
+          .batch(end - start))
+
+
+def loader(ds, workers: int = 0):
+  """A grain IterDataset reading the MapDataset ``ds``: threads of this process (workers=0) or
+  ``workers`` worker processes (grain's mp_prefetch; they take elements i, i + workers, ...,
+  and the iterator interleaves them back in order)."""
+  import grain  # pylint: disable=g-import-not-at-top
+  if workers < 0:
+    raise ValueError(f'workers must be >= 0, got {workers}')
+  if workers == 0:
+    n = threads()
+    return ds.to_iter_dataset(grain.ReadOptions(num_threads=n, prefetch_buffer_size=n))
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS.is_parsed():
+    # grain 0.2's mp_prefetch reads an absl flag of its own, which fails ("before flags were
+    # parsed") outside an absl app (a notebook, pytest, a plain script): take the defaults.
+    flags.FLAGS.mark_as_parsed()
+  # One thread per worker: the workers are the parallelism (as torch's DataLoader workers).
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=1))
+  return it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2))
+
+
 def batches(dataset, indices, batch_size: int, image_size: int, train: bool,
             seed: Sequence[int] = (0,), shuffle: bool = False, start_batch: int = 0,
-            rows: Optional[tuple] = None) -> Iterator[Batch]:
-  """Batches of dataset[indices]; ``seed`` keys the order and the augmentation draws.
+            rows: Optional[tuple] = None, workers: int = 0) -> Iterator[Batch]:
+  """Batches of dataset[indices] (uint8 images, ``norm`` set); ``seed`` keys the order and the
+  augmentation draws.
 
   ``start_batch`` skips ahead without decoding (resuming mid-epoch). ``rows=(start, end)``
   yields only those rows of every global batch: on several hosts each decodes its own share
-  (`cljax.parallel.host_rows`)."""
-  order = epoch_order(indices, seed, shuffle)
-  cache = {}
+  (`cljax.parallel.host_rows`). ``workers``: config.data_workers (0 = threads in this process,
+  N > 0 = N grain worker processes, started for this iterator and stopped at its end)."""
+  ds = batch_dataset(dataset, indices, batch_size, image_size, train, seed, shuffle,
+                     start_batch, rows)
+  if len(ds) == 0:
+    return
+  it = iter(loader(ds, workers))
+  try:
+    for images, labels, mask, norm in it:
+      if workers:   # out of grain's shared memory: its blocks are freed now, not when a caller
+        images = np.array(images)   # that keeps the batch lets go of it (a memcpy per batch)
+      yield Batch(images, np.asarray(labels), np.asarray(mask), np.asarray(norm))
+  finally:
+    close = getattr(it, 'close', None)
+    if close is not None:    # mp_prefetch: stop the worker processes now, not at GC
+      close()
 
-  def load(position_and_index):
-    position, i = position_and_index
-    family = dataset.family(i)
-    if (family, train) not in cache:
-      cache[(family, train)] = transforms.make(family, train, image_size)
-    rng = np.random.default_rng(list(seed) + [int(position)])
-    return cache[(family, train)](dataset.image(i), rng)
 
-  for positions, chunk, size in _global_batches(order, batch_size, start_batch, rows):
-    images = list(_pool().map(load, zip(positions, chunk)))
-    images = (np.stack(images).astype(np.float32, copy=False) if images
-              else np.zeros((0, image_size, image_size, 3), np.float32))
-    yield _padded(images, dataset.labels[chunk], size)
+def host_input(batch: Batch) -> Batch:
+  """The batch with float32 model input on the host (numpy; e.g. for a notebook or the torch
+  side); a batch of features or already converted is returned as it is."""
+  if batch.norm is None:
+    return batch
+  return Batch(transforms.to_model_input(batch.images, batch.norm), batch.labels, batch.mask)
 
 
 def feature_batches(features: np.ndarray, labels: np.ndarray, batch_size: int,
                     seed: Sequence[int] = (0,), shuffle: bool = False, start_batch: int = 0,
                     rows: Optional[tuple] = None) -> Iterator[Batch]:
-  """`batches` over precomputed features [n, D] (in ``images``): the same order for the same
-  seed (the permutation of positions that `epoch_order` applies to a task's indices), padding
-  and mask."""
+  """`batches` over precomputed features [n, D] (in ``images``, ``norm`` None: the devices use
+  them as they are): the same order for the same seed (the permutation of positions that
+  `epoch_order` applies to a task's indices), padding and mask."""
   order = epoch_order(np.arange(len(features)), seed, shuffle)
-  for _, chunk, size in _global_batches(order, batch_size, start_batch, rows):
-    yield _padded(features[chunk], labels[chunk], size)
+  size = (rows or (0, batch_size))[1] - (rows or (0, batch_size))[0]
+  records = host_records(order, batch_size, start_batch, rows).reshape(-1, size, 2)
+  for chunk in records[..., 1]:
+    real = chunk >= 0
+    values = np.zeros((size,) + features.shape[1:], features.dtype)
+    values[real] = features[chunk[real]]
+    out_labels = np.zeros(size, np.int32)
+    out_labels[real] = labels[chunk[real]]
+    yield Batch(values, out_labels, real)
 
 
-def _global_batches(order: np.ndarray, batch_size: int, start_batch: int, rows: Optional[tuple]):
-  """(positions in the epoch, dataset rows, rows per batch) of this host's share of every
-  global batch from ``start_batch`` on; the last batch's positions stop at the epoch's end."""
-  start, end = rows or (0, batch_size)
-  for b in range(start_batch, num_batches(len(order), batch_size)):
-    positions = np.arange(b * batch_size + start, b * batch_size + end)
-    positions = positions[positions < len(order)]
-    yield positions, order[positions], end - start
+_CONVERT = None
 
 
-def _padded(values: np.ndarray, labels: np.ndarray, size: int) -> Batch:
-  """A batch of ``size`` rows: the real ones first, zeros after, and the mask of the real ones."""
-  n = len(values)
-  out = np.zeros((size,) + values.shape[1:], values.dtype)
-  out[:n] = values
-  padded_labels = np.zeros(size, np.int32)
-  padded_labels[:n] = labels
-  mask = np.zeros(size, bool)
-  mask[:n] = True
-  return Batch(out, padded_labels, mask)
+def _convert(images, norm):
+  """The jitted `transforms.to_model_input` on the devices (output sharded as the input)."""
+  global _CONVERT
+  if _CONVERT is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    _CONVERT = jax.jit(lambda x, n: transforms.to_model_input(x, n, jnp))
+  return _CONVERT(images, norm)
 
 
 def to_device(batch: Batch, sharding) -> Batch:
-  """A global batch from this host's rows (see `cljax.parallel.put`)."""
+  """A global batch from this host's rows (see `cljax.parallel.put`): uint8 pixels cross to the
+  devices and become the float32 model input there; features cross as they are."""
   from cljax import parallel  # pylint: disable=g-import-not-at-top
-  return Batch(*(parallel.put(x, sharding) for x in batch))
+  images, labels, mask = (parallel.put(x, sharding) for x in batch[:3])
+  if batch.norm is not None:
+    images = _convert(images, parallel.put(batch.norm, sharding))
+  return Batch(images, labels, mask)
 
 
 def prefetch(iterator: Iterator[Batch], sharding, size: int = 2) -> Iterator[Batch]:
@@ -119,26 +212,45 @@ def prefetch(iterator: Iterator[Batch], sharding, size: int = 2) -> Iterator[Bat
 
 def in_background(iterator: Iterator[Batch], convert, size: int = 2) -> Iterator[Any]:
   """convert(batch) for each batch, computed by a background thread up to ``size`` ahead; an
-  error in the thread is raised in the consumer."""
+  error in the thread is raised in the consumer. A consumer that stops early (closes this
+  generator, or drops it) stops the thread, which closes ``iterator`` (its worker processes)."""
   q: queue.Queue = queue.Queue(maxsize=size)
   sentinel = object()
   error = []
+  stop = threading.Event()
+
+  def put(item) -> bool:
+    """Queue item unless the consumer has stopped (then False)."""
+    while not stop.is_set():
+      try:
+        q.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        continue
+    return False
 
   def producer():
     try:
       for batch in iterator:
-        q.put(convert(batch))
+        if not put(convert(batch)):
+          break
     except BaseException as e:  # surfaced in the consumer
       error.append(e)
     finally:
-      q.put(sentinel)
+      close = getattr(iterator, 'close', None)
+      if close is not None:
+        close()
+      put(sentinel)
 
   thread = threading.Thread(target=producer, daemon=True)
   thread.start()
-  while True:
-    item = q.get()
-    if item is sentinel:
-      if error:
-        raise error[0]
-      return
-    yield item
+  try:
+    while True:
+      item = q.get()
+      if item is sentinel:
+        if error:
+          raise error[0]
+        return
+      yield item
+  finally:
+    stop.set()

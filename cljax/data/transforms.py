@@ -12,6 +12,11 @@ Families (ALGORITHMS.md 7.1):
 * ``demo``: resize to size (bilinear), nothing random.
 Grey images become RGB by repetition (the references' MNIST_RGB). Every random draw comes from
 the numpy Generator passed in, so a batch is a pure function of (seed, epoch, example).
+
+Every op of `make` is a PIL uint8 op (torchvision's order: crop/flip/jitter on the PIL image,
+then ToTensor, then Normalize), so the host produces uint8 pixels and `to_model_input` (the one
+definition of ToTensor + Normalize, for numpy on the host and jax.numpy on the devices) gives the
+model's float input: a quarter of the bytes cross to the devices and the host does no float work.
 """
 
 from __future__ import annotations
@@ -25,6 +30,40 @@ from PIL import Image, ImageEnhance
 CIFAR_MEAN = np.array([0.5071, 0.4867, 0.4408], np.float32)
 CIFAR_STD = np.array([0.2675, 0.2565, 0.2761], np.float32)
 FAMILIES = ('default', 'cifar', 'smope', 'smope_cifar', 'demo')
+# Per-channel (mean, std) of ToTensor + Normalize, indexed by `normalisation(family)`: row 0 is
+# ToTensor alone ((x - 0) / 1 is exactly x), row 1 CIFAR-100's Normalize.
+MEANS = np.stack([np.zeros(3, np.float32), CIFAR_MEAN])
+STDS = np.stack([np.ones(3, np.float32), CIFAR_STD])
+
+
+def normalisation(family: str) -> int:
+  """The row of MEANS/STDS of a family's images (only ``cifar`` normalises)."""
+  if family not in FAMILIES:
+    raise ValueError(f'unknown transform family {family!r}')
+  return 1 if family == 'cifar' else 0
+
+
+def to_model_input(images, norm, xp=np):
+  """ToTensor + Normalize: uint8 [B, H, W, 3] pixels -> float32 [B, H, W, 3] model input.
+
+  ``norm`` [B] int: each row's `normalisation` (a batch may mix families). ``xp`` is numpy or
+  jax.numpy: the same float32 ops in the same order, bit for bit, on the host and in a jitted
+  function."""
+  x = _divide(xp.asarray(images).astype(xp.float32), np.float32(255.0), xp)
+  norm = xp.asarray(norm)
+  mean = xp.asarray(MEANS)[norm][:, None, None, :]
+  std = xp.asarray(STDS)[norm][:, None, None, :]
+  return _divide(x - mean, std, xp)
+
+
+def _divide(a, b, xp):
+  """a / b rounded as numpy (and torchvision) divide. XLA turns a division by a broadcast into a
+  multiplication by its reciprocal, up to 1 ulp off; a full-shaped divisor behind an
+  optimization barrier keeps the true division."""
+  if xp is np:
+    return a / b
+  import jax  # pylint: disable=g-import-not-at-top
+  return a / jax.lax.optimization_barrier(xp.broadcast_to(xp.asarray(b, xp.float32), a.shape))
 
 
 def to_pil(image: np.ndarray) -> Image.Image:
@@ -73,7 +112,8 @@ def center_crop(img: Image.Image, size: int) -> Image.Image:
 
 
 def make(family: str, train: bool, size: int) -> Callable[[np.ndarray, np.random.Generator], np.ndarray]:
-  """A transform uint8 HWC image -> float32 [size, size, 3]."""
+  """A transform uint8 HWC image (grey: HW or HW1) -> uint8 [size, size, 3], before ToTensor
+  and Normalize (`to_model_input`). Raises ValueError for an unknown family."""
   if family not in FAMILIES:
     raise ValueError(f'unknown transform family {family!r}')
   resize = int(round(size * 256 / 224))
@@ -97,9 +137,6 @@ def make(family: str, train: bool, size: int) -> Callable[[np.ndarray, np.random
       img = img.resize((size, size), Image.BILINEAR)
     else:
       img = center_crop(resize_shorter(img, resize, Image.BICUBIC), size)
-    x = np.asarray(img, np.float32) / 255.0
-    if family == 'cifar':
-      x = (x - CIFAR_MEAN) / CIFAR_STD
-    return x
+    return np.asarray(img, np.uint8)
 
   return apply

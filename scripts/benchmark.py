@@ -5,6 +5,9 @@
   python scripts/benchmark.py --quick         # ViT-Ti, NoRGa only, 2 repeats (CI smoke run)
   python scripts/benchmark.py --dtype bfloat16 --torch-compile --models b --methods all   # GPU
   python scripts/benchmark.py --models ti --methods norga --variant dtype=bfloat16 --variant attention=fused
+  python scripts/benchmark.py --models b --methods norga,hideprompt,smope --rounds 2 \
+      --reference-repo ~/MoE_PromptCL --reference-python ~/moe-env/bin/python \
+      --reference-repo ~/SMoPE --reference-python ~/smope-env/bin/python   # the original code
 
 What is timed. cljax: the very steps `Experiment` jits for a run (`_steps(stage)['train']`,
 `_eval_step('prompt')`, the alignment step `_steps(stage)['ca']`), built from the method's paper
@@ -30,6 +33,17 @@ Projection: for each benchmark config, the images each step type processes over 
 (epochs x training images, class-statistics and evaluation passes, alignment iterations) times
 the measured time per image gives the projected wall time on this device; forward-only passes
 are charged at the closest timed step (an upper bound).
+
+The original code (`--reference-repo PATH`, repeatable, each with its `--reference-python`,
+the Python that has that repository's requirements): for each method of the plan at ViT-B/16
+that the checkout defines (MoE_PromptCL: NoRGa, HiDe-Prompt; HiDe-Prompt's own repository:
+HiDe-Prompt; SMoPE: SMoPE, CODA-Prompt), the original's own training and evaluation steps
+(scripts/reference_step.py says how they are driven) against cljax's, `--rounds` rounds of two
+fresh processes, the original's then cljax's (`--cljax-worker`): never torch and XLA in one
+process, as torch's spinning OpenMP threads slow XLA's. Their rows, `[original code, fresh
+processes]`, join the same table, which is then written as reference_<device>.md/.json with
+the repositories' commits and the machine's load. Without a checkout (CI) one line says that
+these rows are skipped; a path that is not such a checkout is one `error:` line, exit 2.
 
 Writes benchmarks/performance_<device>.md and .json (--out-dir).
 """

@@ -8,8 +8,9 @@ classes, its timm, its engines) and nothing of cljax. It prints one `RESULT {jso
 {'steps': {step: {'first_s', 'step_s', 'times'}}, 'torch', 'timm', 'commit', ...}, seconds.
 
 Repositories (recognised by their files, `recognise`):
-  MoE_PromptCL  NoRGa and HiDe-Prompt (its engines/, trainers/, vits/), also HiDe-Prompt's own
-                repository, which has the same layout for HiDe-Prompt.
+  MoE_PromptCL  NoRGa and HiDe-Prompt (its engines/, trainers/, vits/).
+  HiDe-Prompt   HiDe-Prompt's own repository: the same layout and files for HiDe-Prompt, driven
+                the same way (not run here: the benchmark tables name what was run).
   SMoPE         SMoPE (learner OnePrompt) and CODA-Prompt (learner CODAPrompt).
 
 How a step is driven, without a data set, weights or a GPU:
@@ -98,6 +99,8 @@ def recognise(path: str) -> tuple[str, list[str]]:
   for name, methods in REPOSITORIES.items():
     if os.path.isfile(os.path.join(path, MARKERS[name])):
       found = [m for m, f in methods.items() if os.path.isfile(os.path.join(path, f))]
+      if found == ['hideprompt']:
+        name = 'HiDe-Prompt'   # HiDe-Prompt's own repository: MoE_PromptCL's layout, without NoRGa
       if found:
         return name, found
   raise UserError(f'--reference-repo {path}: not a MoE_PromptCL, HiDe-Prompt or SMoPE checkout '
@@ -161,7 +164,8 @@ def _moe_build(trainer_name: str, args, loaders, class_mask, target_task_map):
   return kept['args']
 
 
-def time_moe_promptcl(method: str, batch: int, repeats: int, out_dir: str):
+def moe_promptcl_steps(method: str, batch: int, out_dir: str):
+  """{step: call} of MoE_PromptCL's stage-1 training, prompt training and evaluation steps."""
   import importlib  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   import torch  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   config, flags1, flags2 = FLAGS[method]
@@ -214,7 +218,8 @@ class _NoData:
     del args, kwargs
 
 
-def time_smope(repo: str, method: str, batch: int, repeats: int, out_dir: str):
+def smope_steps(repo: str, method: str, batch: int, out_dir: str):
+  """{step: call} of the SMoPE repository's learner: training and evaluation steps."""
   import torch  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   import dataloaders  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   import run as ref_run  # pylint: disable=g-import-not-at-top,import-outside-toplevel
@@ -263,10 +268,10 @@ def time_steps(repo: str, method: str, batch: int, repeats: int) -> dict:
     _shim_torchvision(torch)
     _cpu_only(torch)
     torch.manual_seed(0)
-    if name == 'MoE_PromptCL':
-      calls = time_moe_promptcl(method, batch, repeats, out_dir)
+    if name in ('MoE_PromptCL', 'HiDe-Prompt'):
+      calls = moe_promptcl_steps(method, batch, out_dir)
     else:
-      calls = time_smope(repo, method, batch, repeats, out_dir)
+      calls = smope_steps(repo, method, batch, out_dir)
     timed = step_timing.median_times([(c, lambda out: out) for c in calls.values()], repeats)
   return {step: {'first_s': f, 'step_s': s, 'times': t} for step, (f, s, t) in zip(calls, timed)}
 

@@ -37,6 +37,11 @@ def test_recognise_names_the_methods_a_checkout_defines(tmp_path):
     (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
     (tmp_path / rel).write_text('')
   assert reference_step.recognise(str(tmp_path)) == ('MoE_PromptCL', ['norga'])
+  hide = tmp_path / 'hide'
+  for rel in ('main.py', 'engines/hide_promtp_wtp_and_tap_engine.py'):
+    (hide / rel).parent.mkdir(parents=True, exist_ok=True)
+    (hide / rel).write_text('')
+  assert reference_step.recognise(str(hide)) == ('HiDe-Prompt', ['hideprompt'])
   with pytest.raises(reference_step.UserError):
     reference_step.recognise(str(tmp_path / 'engines'))
 

@@ -5,6 +5,9 @@
   python scripts/benchmark.py --quick         # ViT-Ti, NoRGa only, 2 repeats (CI smoke run)
   python scripts/benchmark.py --dtype bfloat16 --torch-compile --models b --methods all   # GPU
   python scripts/benchmark.py --models ti --methods norga --variant dtype=bfloat16 --variant attention=fused
+  python scripts/benchmark.py --models b --methods norga,hideprompt,smope --rounds 2 \
+      --reference-repo ~/MoE_PromptCL --reference-python ~/moe-env/bin/python \
+      --reference-repo ~/SMoPE --reference-python ~/smope-env/bin/python   # the original code
 
 What is timed. cljax: the very steps `Experiment` jits for a run (`_steps(stage)['train']`,
 `_eval_step('prompt')`, the alignment step `_steps(stage)['ca']`), built from the method's paper
@@ -31,6 +34,17 @@ Projection: for each benchmark config, the images each step type processes over 
 the measured time per image gives the projected wall time on this device; forward-only passes
 are charged at the closest timed step (an upper bound).
 
+The original code (`--reference-repo PATH`, repeatable, each with its `--reference-python`,
+the Python that has that repository's requirements): for each method of the plan at ViT-B/16
+that the checkout defines (MoE_PromptCL: NoRGa, HiDe-Prompt; HiDe-Prompt's own repository:
+HiDe-Prompt; SMoPE: SMoPE, CODA-Prompt), the original's own training and evaluation steps
+(scripts/reference_step.py says how they are driven) against cljax's, `--rounds` rounds of two
+fresh processes, the original's then cljax's (`--cljax-worker`): never torch and XLA in one
+process, as torch's spinning OpenMP threads slow XLA's. Their rows, `[original code, fresh
+processes]`, join the same table, which is then written as reference_<device>.md/.json with
+the repositories' commits and the machine's load. Without a checkout (CI) one line says that
+these rows are skipped; a path that is not such a checkout is one `error:` line, exit 2.
+
 Writes benchmarks/performance_<device>.md and .json (--out-dir).
 """
 
@@ -42,6 +56,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 
@@ -51,6 +66,10 @@ import numpy as np
 
 from cljax import config as config_lib
 from cljax.continual import step_inputs, trainer
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import reference_step  # pylint: disable=g-import-not-at-top,wrong-import-position
+import step_timing  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 ALL_METHODS = ('l2p', 'dualprompt', 'sprompt', 'coda', 'hideprompt', 'norga', 'smope')
 NAMES = {'l2p': 'L2P', 'dualprompt': 'DualPrompt', 'sprompt': 'S-Prompt', 'coda': 'CODA-Prompt',
@@ -63,28 +82,12 @@ DATASET_SIZES = {'cifar100': (50000, 10000), 'imr': (24000, 6000), 'cub': (5994,
 
 # ----------------------------------------------------------------------------- timing
 
-def median_times(calls, repeats: int):
-  """calls: [(call, sync)]. Returns [(first call s, median s)], one per call.
-
-  Each call is warmed up once (its first call, compile included for torch.compile), then the
-  calls take turns, repeat by repeat, so that a shared machine's load falls on all of them
-  alike and their ratio stays meaningful."""
-  firsts, times = [], [[] for _ in calls]
-  for call, sync in calls:
-    t0 = time.perf_counter()
-    sync(call())
-    firsts.append(time.perf_counter() - t0)
-  for _ in range(repeats):
-    for i, (call, sync) in enumerate(calls):
-      time.sleep(0.05)   # lets the other framework's spinning worker threads go idle first
-      t0 = time.perf_counter()
-      sync(call())
-      times[i].append(time.perf_counter() - t0)
-  return [(f, statistics.median(t)) for f, t in zip(firsts, times)]
+median_times = step_timing.median_times
 
 
 def median_time(call, repeats: int, sync):
-  return median_times([(call, sync)], repeats)[0]
+  """(first call s, median s) of one call."""
+  return median_times([(call, sync)], repeats)[0][:2]
 
 
 def jax_sync(out):
@@ -153,6 +156,22 @@ def cljax_eval(exp, batch):
   compiled = lowered.compile()
   compile_s = time.perf_counter() - t0
   return (lambda: compiled(*args)), {'compile_s': compile_s, 'flops': flops_of(lowered)}
+
+
+def step_kinds(exp):
+  """[(stage name, 'train' | 'eval')]: the steps timed for an experiment, in table order."""
+  return [(s.name, 'train') for s in exp.stages] + [('prompt', 'eval')]
+
+
+def step_label(stage_name: str, kind: str) -> str:
+  return ('tii ' if stage_name == 'task_identity' else '') + kind
+
+
+def cljax_step(exp, stage_name: str, kind: str, batch: int):
+  """(call, info) of one compiled step of exp (cljax_train or cljax_eval)."""
+  if kind == 'train':
+    return cljax_train(exp, next(s for s in exp.stages if s.name == stage_name), batch)
+  return cljax_eval(exp, batch)
 
 
 def time_cljax_alignment(exp, stage, repeats):
@@ -331,6 +350,125 @@ def host_pipeline_rate(batch: int, image_size: int = 224, source_size=(375, 500)
   return count / (time.perf_counter() - t0)
 
 
+# ----------------------------------------------------------------------------- the originals
+
+class ReferenceRunError(Exception):
+  """A reference comparison that cannot run; main prints it as one `error:` line, exit 2."""
+
+
+def cljax_worker(args, batch: int, overrides) -> None:
+  """--cljax-worker: times cljax's steps for the plan alone in this process (no torch in
+  it) and prints the RESULT line that reference_rows reads."""
+  out = []
+  for model, method in plan(args):
+    exp = experiment(method, model, batch, overrides)
+    steps = {}
+    for stage_name, kind in step_kinds(exp):
+      call, info = cljax_step(exp, stage_name, kind, batch)
+      (first, step_s, times), = median_times([(call, jax_sync)], args.repeats)
+      steps[step_label(stage_name, kind)] = {'first_s': first, 'step_s': step_s, 'times': times, **info}
+    out.append({'model': MODELS[model], 'method': method, 'steps': steps})
+  step_timing.emit({'jax': jax.__version__, 'plans': out}, sys.stdout)
+
+
+def reference_repos(args):
+  """[(path, name, methods, python)] of --reference-repo / --reference-python.
+  Raises ReferenceRunError for a path that is not a recognised checkout or a missing python."""
+  pythons = args.reference_python or [sys.executable]
+  if len(pythons) not in (1, len(args.reference_repo)):
+    raise ReferenceRunError('--reference-python: give one, or one per --reference-repo')
+  out = []
+  for i, path in enumerate(args.reference_repo):
+    try:
+      name, methods = reference_step.recognise(path)
+    except reference_step.UserError as e:
+      raise ReferenceRunError(str(e)) from None
+    python = pythons[i if len(pythons) > 1 else 0]
+    if not os.access(python, os.X_OK):
+      raise ReferenceRunError(f'--reference-python {python}: not an executable')
+    out.append((os.path.abspath(path), name, methods, python))
+  return out
+
+
+def _worker(cmd, what: str, env=None):
+  """The RESULT of a worker process; ReferenceRunError with its last stderr line if it fails."""
+  done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
+  result = step_timing.parse(done.stdout)
+  if done.returncode != 0 or result is None:
+    last = (done.stderr.strip().splitlines() or ['(no output)'])[-1]
+    raise ReferenceRunError(f'{what} failed (exit {done.returncode}): {last}')
+  return result
+
+
+def reference_rows(args, batch: int, repos):
+  """Rows of the originals' steps against cljax's at ViT-B/16 (the originals' backbone).
+
+  For each method of the plan at ViT-B that a repository defines, `--rounds` rounds of two
+  fresh processes, one after the other: the original's steps (scripts/reference_step.py,
+  with that repository's Python), then cljax's (this script, --cljax-worker). Never one
+  process for both: torch's OpenMP threads spin after each call and slow XLA's. A step's
+  time is the median of all its timed calls over the rounds (each process warms up first)."""
+  here = os.path.abspath(__file__)
+  ref_script = os.path.join(os.path.dirname(here), 'reference_step.py')
+  # The original's process sees nothing of cljax's: no PYTHONPATH that may point at this tree.
+  ref_env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+  rows = []
+  for model, method in plan(args):
+    owner = next(((p, n, py) for p, n, ms, py in repos if method in ms), None)
+    if model != 'b' or owner is None:
+      continue
+    path, name, python = owner
+    ref_times, cl_times, ref, cl = {}, {}, None, None
+    for r in range(args.rounds):
+      ref = _worker([python, ref_script, '--repo', path, '--method', method, '--batch', str(batch),
+                     '--repeats', str(args.repeats)], f'{name} {method} (reference_step.py)', ref_env)
+      cl = _worker([sys.executable, here, '--cljax-worker', '--methods', method, '--models', model,
+                    '--batch', str(batch), '--repeats', str(args.repeats), '--dtype', args.dtype,
+                    '--attention', args.attention], f'cljax {method} (--cljax-worker)')['plans'][0]
+      for times, res in ((ref_times, ref), (cl_times, cl)):
+        for step, t in res['steps'].items():
+          times.setdefault(step, []).extend(t['times'])
+      print(f'  round {r + 1}/{args.rounds} {method}: ' + ', '.join(
+          f"{step} original {ref['steps'][step]['step_s']:.2f}s cljax {cl['steps'][step]['step_s']:.2f}s"
+          for step in ref['steps'] if step in cl['steps']), flush=True)
+    for step in ref['steps']:
+      if step not in cl['steps']:
+        continue
+      info = cl['steps'][step]
+      ref_s, cl_s = statistics.median(ref_times[step]), statistics.median(cl_times[step])
+      rows.append({'model': MODELS[model], 'method': method, 'step': step, 'reference': True,
+                   'batch': batch, 'dtype': args.dtype, 'step_s': cl_s, 'img_s': batch / cl_s,
+                   'compile_s': info['compile_s'], 'flops': info['flops'], 'gflops_step': info['flops'] / 1e9,
+                   'torch_step_s': ref_s, 'torch_img_s': batch / ref_s, 'ratio': ref_s / cl_s,
+                   'variants': {}, 'cljax_times': cl_times[step], 'original_times': ref_times[step],
+                   'original_first_s': ref['steps'][step]['first_s'], 'cljax_first_s': info['first_s'],
+                   'repository': name, 'path': path, 'commit': ref['commit'], 'rounds': args.rounds,
+                   'original_env': {k: ref[k] for k in ('torch', 'timm', 'torchvision', 'threads')}})
+  return rows
+
+
+def reference_note(args, rows, repos, load_start, load_end) -> str:
+  """The paragraph under the table that says what the `[original code]` rows are."""
+  seen = {}
+  for r in rows:
+    if r.get('reference'):
+      seen.setdefault(r['repository'], r)
+  envs = '; '.join(f"{name} commit {r['commit']} (torch {r['original_env']['torch']}, timm {r['original_env']['timm']}, "
+                   f"torchvision {r['original_env']['torchvision']}, {r['original_env']['threads']} threads)"
+                   for name, r in seen.items())
+  load = lambda l: '/'.join(f'{x:.1f}' for x in l)
+  return ("Rows marked `[original code, fresh processes]`: the PyTorch column is the original repository's own "
+          'code, driven by `scripts/reference_step.py` in a process of its own (its parser with the flags of its '
+          'Split ImageNet-R Sup-21K script, its trainer\'s models, freezing and optimizer, random weights; a step '
+          "is its engine's `train_one_epoch` / `evaluate` over one batch, or the SMoPE learner's `update_model` / "
+          "`validation`); the cljax column is `benchmark.py --cljax-worker` in another process. "
+          f'{args.rounds} rounds of (original process, cljax process), one after the other; each time is the median '
+          f'of all {args.rounds} x {args.repeats} timed steps, each process warming up first; compile s is cljax\'s '
+          f'in its worker. Repositories: {envs or "-"}. '
+          f'Load average (1/5/15 min) {load(load_start)} at the start, {load(load_end)} at the end, on '
+          f'{os.cpu_count()} cores: a load above the core count means other processes shared the CPU.')
+
+
 # ----------------------------------------------------------------------------- projection
 
 def stage_images(c, stage_name, num_tasks, n_train, n_test, classes_per_task, method):
@@ -406,6 +544,15 @@ def parse(argv=None):
   p.add_argument('--quick', action='store_true', help='ViT-Ti, NoRGa, 2 repeats: a smoke run')
   p.add_argument('--out-dir', default=os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'benchmarks'))
   p.add_argument('--tag', default='', help='suffix of the output file names')
+  p.add_argument('--reference-repo', action='append', default=[], metavar='PATH',
+                 help='a checkout of MoE_PromptCL, HiDe-Prompt or SMoPE (repeatable): also time the '
+                      "original code's steps for the ViT-B methods of the plan it defines, against cljax's, "
+                      'in alternating fresh processes; writes reference_<device>.md/.json')
+  p.add_argument('--reference-python', action='append', default=[], metavar='PYTHON',
+                 help="the Python with the original's requirements (one, or one per --reference-repo; "
+                      'default: this one)')
+  p.add_argument('--rounds', type=int, default=2, help='rounds of (original process, cljax process)')
+  p.add_argument('--cljax-worker', action='store_true', help=argparse.SUPPRESS)   # reference_rows' child
   return p.parse_args(argv)
 
 
@@ -434,9 +581,24 @@ def main(argv=None):
   base = {'dtype': args.dtype, 'attention': args.attention}
   variant_overrides = {v: dict(kv.split('=', 1) for kv in v.split(',')) for v in args.variant}
   batch = args.batch or (128 if on_gpu else 8)
+  if args.cljax_worker:
+    cljax_worker(args, batch, base)
+    return []
+  try:
+    repos = reference_repos(args)
+    if repos and not any(m == 'b' and any(meth in ms for _, _, ms, _ in repos) for m, meth in plan(args)):
+      raise ReferenceRunError('--reference-repo: no method of the plan at ViT-B/16 is defined there (' +
+                              '; '.join(f'{n}: {", ".join(ms)}' for _, n, ms, _ in repos) +
+                              '); e.g. --models b --methods ' + ','.join(m for _, _, ms, _ in repos for m in ms))
+  except ReferenceRunError as e:
+    print(f'error: {e}', file=sys.stderr)
+    raise SystemExit(2) from None
+  load_start = os.getloadavg()
   dev = device_name()
   print(f'device {dev} ({jax.devices()[0].device_kind}), jax {jax.__version__}, batch {batch}, '
         f'cljax dtype {args.dtype}, repeats {args.repeats}', flush=True)
+  if not repos:
+    print('reference rows skipped: no --reference-repo given', flush=True)
   peak = matmul_peak(jnp.dtype(args.dtype), on_gpu)
   print(f'measured matmul peak: {peak / 1e9:.0f} GFLOP/s ({args.dtype})', flush=True)
   torch_version = None
@@ -451,22 +613,16 @@ def main(argv=None):
     torch_comp = (TorchSide(exp, batch, True, amp=args.torch_amp)
                   if args.torch_compile and not args.no_torch else None)
     rates = {}
-    kinds = [(s.name, 'train') for s in exp.stages] + [('prompt', 'eval')]
-    for stage_name, kind in kinds:
-      stage = next(s for s in exp.stages if s.name == stage_name)
-      if kind == 'train':
-        build = lambda e: cljax_train(e, next(s for s in e.stages if s.name == stage_name), batch)
-        tcall = (lambda side: side.train_call(stage_name))
-      else:
-        build = lambda e: cljax_eval(e, batch)
-        tcall = (lambda side: side.eval_call())
+    for stage_name, kind in step_kinds(exp):
+      build = lambda e: cljax_step(e, stage_name, kind, batch)
+      tcall = (lambda side: side.train_call(stage_name)) if kind == 'train' else (lambda side: side.eval_call())
       jcall, r = build(exp)
       calls = [(jcall, jax_sync)]
       calls += [(tcall(side), torch_sync) for side in (torch_side, torch_comp) if side is not None]
       calls += [(build(v)[0], jax_sync) for v in variants.values()]
       timed = median_times(calls, args.repeats)
-      r['first_s'], r['step_s'] = timed[0]
-      row = {'model': MODELS[model], 'method': method, 'step': ('tii ' if stage_name == 'task_identity' else '') + kind,
+      r['first_s'], r['step_s'] = timed[0][:2]
+      row = {'model': MODELS[model], 'method': method, 'step': step_label(stage_name, kind),
              'batch': batch, 'dtype': args.dtype, **r,
              'img_s': batch / r['step_s'], 'gflops_step': r['flops'] / 1e9,
              'mfu': r['flops'] / r['step_s'] / peak}
@@ -475,7 +631,7 @@ def main(argv=None):
         row['torch_step_s'], row['torch_img_s'] = ts, batch / ts
         row['ratio'] = row['img_s'] / row['torch_img_s']
       if torch_comp is not None:
-        first, ts = timed[2]
+        first, ts = timed[2][:2]
         row['torch_compile_first_s'], row['torch_compile_img_s'] = first, batch / ts
       n_torch = sum(side is not None for side in (torch_side, torch_comp))
       row['variants'] = {label: batch / timed[1 + n_torch + i][1] for i, label in enumerate(variants)}
@@ -492,6 +648,18 @@ def main(argv=None):
       rates[stage.name]['ca_s'] = time_cljax_alignment(exp, stage, args.repeats)
     rates_by[(model, method)] = rates
 
+  if repos:
+    print(f'reference rows: the original code vs cljax, {args.rounds} rounds of fresh processes', flush=True)
+    try:
+      rows += reference_rows(args, batch, repos)
+    except ReferenceRunError as e:
+      print(f'error: {e}', file=sys.stderr)
+      raise SystemExit(2) from None
+    for r in rows:
+      if r.get('reference'):
+        print(f"{r['model']} {r['method']} {r['step']} [original code, {r['repository']}]: cljax {r['img_s']:.2f} img/s, "
+              f"original {r['torch_img_s']:.2f} img/s, ratio {r['ratio']:.2f}x", flush=True)
+  load_end = os.getloadavg()
   # The peak again at the end, the better of the two: a busy moment must not lower it.
   peak = max(peak, matmul_peak(jnp.dtype(args.dtype), on_gpu))
   for row in rows:
@@ -510,11 +678,15 @@ def main(argv=None):
            'cljax compile s | GFLOP/step | MFU |' + ''.join(f' cljax [{k}] img/s (vs base) |' for k in variant_overrides),
            '|---|---|---|---|---|---|' + ('---|' if args.torch_compile else '') + '---|---|---|' + '---|' * len(variant_overrides)]
   for r in rows:
-    lines.append(f"| {r['model']} | {NAMES[r['method']]} | {r['step']} | {r['img_s']:.2f} | "
+    step = f"{r['step']} [original code, fresh processes]" if r.get('reference') else r['step']
+    lines.append(f"| {r['model']} | {NAMES[r['method']]} | {step} | {r['img_s']:.2f} | "
                  f"{fmt(r.get('torch_img_s'), 2)} | {fmt(r.get('ratio'), 2)}{'x' if 'ratio' in r else ''} | " +
                  (f"{fmt(r.get('torch_compile_img_s'), 2)} | " if args.torch_compile else '') +
                  f"{r['compile_s']:.1f} | {r['gflops_step']:.0f} | {100 * r['mfu']:.1f}% |" +
-                 ''.join(f" {v:.2f} ({v / r['img_s']:.2f}x) |" for v in r['variants'].values()))
+                 (''.join(f" {v:.2f} ({v / r['img_s']:.2f}x) |" for v in r['variants'].values())
+                  if not r.get('reference') else ' - |' * len(variant_overrides)))
+  if repos:
+    lines += ['', reference_note(args, rows, repos, load_start, load_end)]
   pipe = host_pipeline_rate(batch)
   print(f'host input pipeline (decoded images, train transform, {os.cpu_count()} cores): {pipe:.0f} img/s', flush=True)
   proj_rows = []
@@ -547,13 +719,14 @@ def main(argv=None):
   text = '\n'.join(lines)
   print('\n' + text, flush=True)
   os.makedirs(args.out_dir, exist_ok=True)
-  name = f'performance_{dev}{"_" + args.dtype if args.dtype != "float32" else ""}{args.tag}'
+  name = f'{"reference" if repos else "performance"}_{dev}{"_" + args.dtype if args.dtype != "float32" else ""}{args.tag}'
   with open(os.path.join(args.out_dir, name + '.md'), 'w') as f:
     f.write(text + '\n')
   with open(os.path.join(args.out_dir, name + '.json'), 'w') as f:
     json.dump({'device': dev, 'device_kind': jax.devices()[0].device_kind, 'date': datetime.date.today().isoformat(),
                'batch': batch, 'dtype': args.dtype, 'repeats': args.repeats, 'peak_flops': peak,
                'jax': jax.__version__, 'torch': torch_version, 'rows': rows,
+               'load_average': {'start': load_start, 'end': load_end},
                'host_pipeline_img_s': pipe, 'projection': [{'method': m, 'benchmark': d, 'paper_batch': b, 'seconds': s, 'stages': p}
                               for m, d, b, s, p in proj_rows]}, f, indent=1)
   return rows

@@ -36,7 +36,8 @@ def free_port() -> int:
 
 def base_env(**extra):
   env = {k: v for k, v in os.environ.items()
-         if not k.startswith(('JAX_', 'SLURM_', 'OMPI_', 'CLJAX_', 'TPU_')) and k != 'XLA_FLAGS'}
+         if not k.startswith(('JAX_', 'SLURM_', 'OMPI_', 'CLJAX_', 'TPU_')) and k != 'XLA_FLAGS'
+         or k.startswith('JAX_PERSISTENT_CACHE_') or k == 'JAX_COMPILATION_CACHE_DIR'}
   return dict(env, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu', **extra)
 
 

@@ -22,8 +22,9 @@ TINY = ['--config=configs/demo.py', '--config.backbone.depth=1', '--config.promp
         '--config.task_identity.epochs=2', '--config.task_identity.ca_epochs=1',
         '--config.prompt.epochs=2', '--config.prompt.ca_epochs=1', '--config.stop_after_task=2',
         '--config.checkpoint_every_steps=4']
-ENV = dict({k: v for k, v in os.environ.items() if not k.startswith(('JAX_', 'XLA_'))},
-           PYTHONPATH=ROOT, JAX_PLATFORMS='cpu')
+ENV = dict({k: v for k, v in os.environ.items()     # the session's compilation cache kept
+            if not k.startswith(('JAX_', 'XLA_')) or k.startswith('JAX_PERSISTENT_CACHE_')
+            or k == 'JAX_COMPILATION_CACHE_DIR'}, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu')
 
 
 def start(workdir, *flags, **kw):

@@ -21,13 +21,13 @@ def load(path, arg=None):
   return module.get_config(arg) if arg else module.get_config()
 
 
-# Dry-running all 30 configs takes about 9 minutes of the suite; these cover every method, every
-# benchmark and both SMoPE task splits. The rest are the same shared pieces in other
-# combinations, and each one is still validated at its real size below.
-# `python -m cljax.dry_run --tiny configs/*.py` dry-runs them all.
+# Dry-running all 30 configs takes about 9 minutes of the suite; these cover every method and
+# every paper benchmark (the demo is dry-run by test_cli_dry_run_and_clear_errors). The rest are
+# the same shared pieces in other combinations, and each one is still validated at its real size
+# below. `python -m cljax.dry_run --tiny configs/*.py` dry-runs them all.
 DRY_RUN = ['configs/cifar100_norga.py', 'configs/imr_hideprompt.py', 'configs/cub_l2p.py',
            'configs/five_datasets_dualprompt.py', 'configs/cifar100_sprompt.py',
-           'configs/imr_coda.py', 'configs/cub_smope.py', 'configs/imr5_smope.py', 'configs/demo.py']
+           'configs/imr_coda.py', 'configs/cub_smope.py']
 SHARDS = 2
 
 
@@ -58,7 +58,7 @@ def test_the_dry_run_configs_cover_every_method_and_benchmark():
   chosen = [load(os.path.join(ROOT, p)) for p in DRY_RUN]
   everything = [load(p) for p in CONFIGS]
   assert {c.method for c in chosen} == {c.method for c in everything}
-  assert {c.benchmark.name for c in chosen} == {c.benchmark.name for c in everything}
+  assert {c.benchmark.name for c in chosen} == {c.benchmark.name for c in everything} - {'split_digits'}
 
 
 @pytest.mark.parametrize('shard', range(SHARDS))

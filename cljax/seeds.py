@@ -41,10 +41,9 @@ def run_seeds(config, root: str, seeds):
   import jax  # pylint: disable=g-import-not-at-top
   from cljax import report  # pylint: disable=g-import-not-at-top
   from cljax.continual import trainer  # pylint: disable=g-import-not-at-top
-  from cljax import compilation_cache  # pylint: disable=g-import-not-at-top
-  # Seeds compile the same steps: XLA's persistent cache makes the second seed's start cheap
-  # (on a 2-core CPU, 17 s -> 5 s for a tiny demo run); 'auto' puts it in root/.jax_cache.
-  compilation_cache.enable(config.compilation_cache, os.path.join(root, 'seed'))
+  # Seeds compile the same steps: XLA's persistent cache, which trainer.run turns on
+  # (config.compilation_cache 'auto': root/.jax_cache, beside the seed workdirs), makes the
+  # second seed's start cheap (on a 2-core CPU, 17 s -> 5 s for a tiny demo run).
   workdirs = []
   for seed in seeds:
     c = config.copy_and_resolve_references()

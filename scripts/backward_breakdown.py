@@ -186,33 +186,39 @@ def main(argv=None):
     trace(jax.jit(input_gradient(f)), x)
 
 
-def trace(fn, x, repeats: int = 3):
-  """Per-op profile of fn(x) from XLA:CPU's trace events (needs the flag set before jax starts)."""
-  import collections  # pylint: disable=g-import-not-at-top
+def xla_op_events(call, repeats: int):
+  """(op name, start ns, duration ns) of every XLA:CPU op that ``repeats`` calls of ``call()``
+  ran on XLA's worker threads (needs XLA_FLAGS=--xla_cpu_enable_xprof_traceme=true)."""
   import glob  # pylint: disable=g-import-not-at-top
-  import re  # pylint: disable=g-import-not-at-top
   import tempfile  # pylint: disable=g-import-not-at-top
   from jax._src.lib import _profile_data  # pylint: disable=g-import-not-at-top
-  if '--xla_cpu_enable_xprof_traceme=true' not in os.environ.get('XLA_FLAGS', ''):
-    print('--trace needs XLA_FLAGS=--xla_cpu_enable_xprof_traceme=true in the environment (set '
-          'before jax starts); rerun with it')
-    return
-  jax.block_until_ready(fn(x))
   with tempfile.TemporaryDirectory() as d:
     with jax.profiler.trace(d):
       for _ in range(repeats):
-        jax.block_until_ready(fn(x))
+        jax.block_until_ready(call())
     data = _profile_data.ProfileData.from_file(glob.glob(f'{d}/**/*.xplane.pb', recursive=True)[0])
-  per_kind, edges = collections.Counter(), []
   for plane in data.planes:
     for line in plane.lines:
       if 'XLAEigen' not in line.name:     # XLA:CPU's worker threads
         continue
       for ev in line.events:
-        if ev.name.startswith(('ThunkExecutor', 'SlinkyThreadPool', 'end:')):
-          continue
-        per_kind[re.sub(r'\.\d+$', '', ev.name)] += ev.duration_ns
-        edges += [(ev.start_ns, 1), (ev.start_ns + ev.duration_ns, -1)]
+        if not ev.name.startswith(('ThunkExecutor', 'SlinkyThreadPool', 'end:')):
+          yield ev.name, ev.start_ns, ev.duration_ns
+
+
+def trace(fn, x, repeats: int = 3):
+  """Per-op profile of fn(x) from XLA:CPU's trace events (needs the flag set before jax starts)."""
+  import collections  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+  if '--xla_cpu_enable_xprof_traceme=true' not in os.environ.get('XLA_FLAGS', ''):
+    print('--trace needs XLA_FLAGS=--xla_cpu_enable_xprof_traceme=true in the environment (set '
+          'before jax starts); rerun with it')
+    return
+  jax.block_until_ready(fn(x))
+  per_kind, edges = collections.Counter(), []
+  for name, start_ns, duration_ns in xla_op_events(lambda: fn(x), repeats):
+    per_kind[re.sub(r'\.\d+$', '', name)] += duration_ns
+    edges += [(start_ns, 1), (start_ns + duration_ns, -1)]
   total = sum(per_kind.values())
   print(f'\nXLA ops of the all-blocks forward + gradient, ms per call (sum over worker threads):')
   for kind, ns in per_kind.most_common(12):

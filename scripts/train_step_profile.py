@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import argparse
 import collections
-import glob
 import os
 import re
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -28,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jax  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
+import backward_breakdown  # pylint: disable=g-import-not-at-top
 import benchmark  # pylint: disable=g-import-not-at-top
 from cljax.continual import step_inputs  # pylint: disable=g-import-not-at-top
 
@@ -55,26 +54,15 @@ def main():
   if '--xla_cpu_enable_xprof_traceme=true' not in os.environ.get('XLA_FLAGS', ''):
     print('no trace: set XLA_FLAGS=--xla_cpu_enable_xprof_traceme=true before jax starts')
     return
-  from jax._src.lib import _profile_data  # pylint: disable=g-import-not-at-top
   step = exp._steps(stage)['train']   # pylint: disable=protected-access
   step_args, flags = step_inputs.train_args(exp, stage, args.batch, t=1, concrete=True)
   hlo = step.lower(*step_args, flags=flags).compile().as_text()
   origin = {m.group(1): m.group(2) for m in re.finditer(
       r'^\s*(?:ROOT )?%([\w.\-]+) = .*?op_name="([^"]*)"', hlo, re.M)}
   calls = 2
-  with tempfile.TemporaryDirectory() as d:
-    with jax.profiler.trace(d):
-      for _ in range(calls):
-        jax.block_until_ready(call())
-    data = _profile_data.ProfileData.from_file(glob.glob(f'{d}/**/*.xplane.pb', recursive=True)[0])
   per_op = collections.Counter()
-  for plane in data.planes:
-    for line in plane.lines:
-      if 'XLAEigen' not in line.name:     # XLA:CPU's worker threads
-        continue
-      for ev in line.events:
-        if not ev.name.startswith(('ThunkExecutor', 'SlinkyThreadPool', 'end:')):
-          per_op[ev.name] += ev.duration_ns
+  for name, _, duration_ns in backward_breakdown.xla_op_events(call, calls):
+    per_op[name] += duration_ns
   total = sum(per_op.values())
   kinds, parts = collections.Counter(), collections.Counter()
   for name, ns in per_op.items():

@@ -56,6 +56,7 @@ def _config_file_type_error(argv, reason: str):
 def parse_flags(argv):
   """absl's flag parsing, with every mistake as one `error:` line and exit status 2."""
   from cljax import config as config_lib  # pylint: disable=g-import-not-at-top
+  argv = last_overrides(argv)
   try:
     parsed = flags.FLAGS(argv)
   except Exception as e:  # pylint: disable=broad-except
@@ -67,6 +68,15 @@ def parse_flags(argv):
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   return parsed
+
+
+def last_overrides(argv):
+  """``argv`` with only the last ``--config.KEY=VALUE`` of each KEY: the last one wins, as for
+  every absl flag (ml_collections joins repeated tuple overrides: ``--config.prompt.layers=(1,)
+  --config.prompt.layers=(2,)`` gave (1, 2))."""
+  key = lambda a: a.split('=', 1)[0] if a.startswith('--config.') and '=' in a else None
+  last = {key(a): i for i, a in enumerate(argv) if key(a)}
+  return [a for i, a in enumerate(argv) if key(a) is None or last[key(a)] == i]
 
 
 def config_value(config_flag):

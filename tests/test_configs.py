@@ -2,6 +2,7 @@
 
 import glob
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -97,7 +98,9 @@ def test_reference_hyperparameters_of_a_cell():
 
 def test_cli_dry_run_and_clear_errors(tmp_path):
   base = [sys.executable, '-m', 'cljax.main', '--config=configs/demo.py', f'--workdir={tmp_path}']
-  run = lambda *extra: subprocess.run(base + list(extra), capture_output=True, text=True, cwd=ROOT, timeout=600)
+  env = dict(os.environ, XLA_FLAGS=(os.environ.get('XLA_FLAGS', '') + ' --xla_backend_optimization_level=0').strip())
+  run = lambda *extra: subprocess.run(base + list(extra), capture_output=True, text=True, cwd=ROOT,
+                                      env=env, timeout=600)
   out = run('--config.prompt.gate=nonlinear')
   assert out.returncode == 2
   assert out.stderr.strip().splitlines()[-1] == \
@@ -109,6 +112,10 @@ def test_cli_dry_run_and_clear_errors(tmp_path):
   assert out.returncode == 2 and 'do not divide into 3 tasks' in out.stderr
   out = run('--config.prompt.layers=(0,9)')
   assert out.returncode == 2 and 'config.prompt.layers index 9 is outside' in out.stderr
-  out = run('--config.dry_run', '--config.dry_run_steps=1', '--config.stop_after_task=1')
+  # A key given twice: the last value wins, as for any flag (ml_collections joined the tuples).
+  out = run('--config.dry_run', '--config.dry_run_steps=1', '--config.stop_after_task=1',
+            '--config.prompt.layers=(0,1)', '--config.prompt.layers=(1,2)')
   assert out.returncode == 0, out.stderr[-2000:]
   assert 'after task 1: average accuracy' in out.stdout
+  with open(os.path.join(tmp_path, 'results.json')) as f:
+    assert json.load(f)['config']['prompt']['layers'] == [1, 2]

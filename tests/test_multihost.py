@@ -21,8 +21,10 @@ from cljax.data import benchmarks, pipeline
 from cljax.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Three tasks of the demo, fewer epochs: every stage, alignment and checkpoint of the pipeline.
-CUT = ['--config=configs/demo.py', '--config.stop_after_task=3', '--config.task_identity.epochs=2',
+# Three tasks of the demo, fewer epochs, one block: every stage, alignment and checkpoint of the
+# pipeline.
+CUT = ['--config=configs/demo.py', '--config.backbone.depth=1', '--config.prompt.layers=(0,)',
+       '--config.stop_after_task=3', '--config.task_identity.epochs=2',
        '--config.prompt.epochs=2', '--config.task_identity.ca_epochs=5', '--config.prompt.ca_epochs=5']
 MATRICES = ('accuracy_matrix', 'accuracy_matrix_before_alignment', 'task_identity_matrix',
             'stage1_task_identity_accuracy')
@@ -148,8 +150,7 @@ def test_the_coordinator_dying_stops_the_others_with_one_line(tmp_path):
   """Process 0 hosts JAX's coordination service: without it the others' C++ client aborts;
   the supervisor (cljax.launch) turns that into one line."""
   workdir = str(tmp_path / 'w')
-  flags = ['--config.backbone.depth=1', '--config.prompt.layers=(0,)', '--config.stop_after_task=1',
-           '--config.checkpoint_every_steps=2']
+  flags = ['--config.stop_after_task=1', '--config.checkpoint_every_steps=2']
   port = free_port()
   procs = [start(workdir, port, i, flags) for i in (0, 1)]
   mid = os.path.join(workdir, 'checkpoints', 'mid_stage')

@@ -101,18 +101,23 @@ def test_an_interrupt_swallowed_by_a_callback_still_stops_the_run():
 
 def test_a_second_run_in_a_live_workdir_is_refused(tmp_path):
   workdir = str(tmp_path / 'run')
-  first = start(workdir)
+  # A first run that outlasts the checks (a warm compilation cache makes TINY finish in seconds),
+  # stopped with Ctrl-C once they are done.
+  long = '--config.prompt.epochs=1000'
+  first = start(workdir, long)
   deadline = time.time() + 120
   while not os.path.exists(os.path.join(workdir, 'cljax.lock')):
     assert time.time() < deadline and first.poll() is None
     time.sleep(0.1)
   for delay in (0.3, 2.0):    # at once, and while the first trains
     time.sleep(delay)
-    code, out, err = run(workdir)
+    code, out, err = run(workdir, long)
     assert code == 2
     assert err == (f'error: {workdir} is in use by cljax process {first.pid} on {socket.gethostname()}: '
                    f'wait for that run to finish or stop it, or pass another --workdir\n')
-  assert first.wait(timeout=300) == 0
+  assert first.poll() is None
+  first.send_signal(signal.SIGINT)
+  assert first.wait(timeout=300) == 130
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     lines = f.readlines()
   assert len(lines) == len(set(lines))      # every line once

@@ -11,7 +11,7 @@
   gelu = api.with_activation(setup, 'gelu')             # same params pytree, another NoRGa gate
 
 Everything here is built from the pieces the trainer uses (`cljax.continual.trainer.Experiment`
-builds the method and loads the backbone, `trainer.train_step_fn` is the training step),
+builds the method and loads the backbone, `steps.train_step_fn` is the training step),
 so a notebook experiment is the same model as a full run. The trainer adds what a paper run
 needs on top: stage 1, schedules, class statistics and alignment, checkpoints, evaluation.
 """
@@ -53,7 +53,7 @@ def build(config, data: bool = True) -> Setup:
 
 def load_backbone(setup: Setup):
   """The pretrained backbone's params for setup.config (the demo backbone ships in cljax/assets)."""
-  return setup.experiment._load_backbone()  # pylint: disable=protected-access
+  return setup.experiment.load_backbone()
 
 
 def init(setup: Setup, rng):
@@ -64,7 +64,7 @@ def init(setup: Setup, rng):
 
 def init_optimizer(setup: Setup, params):
   """The optimizer state for params, as config.prompt asks (Adam, SGD, AdamW; clipping)."""
-  from cljax.continual.trainer import optimizer  # pylint: disable=g-import-not-at-top
+  from cljax.continual.steps import optimizer  # pylint: disable=g-import-not-at-top
   return optimizer(setup.config.prompt).init(params)
 
 
@@ -72,7 +72,7 @@ def context(setup: Setup, task: int, stats=None) -> Dict[str, Any]:
   """What the loss sees besides the batch: task and seen-class masks, stored class means (none
   unless `stats`, a `ClassStats`, is given)."""
   from cljax.continual.alignment import ClassStats  # pylint: disable=g-import-not-at-top
-  from cljax.continual.trainer import step_context  # pylint: disable=g-import-not-at-top
+  from cljax.continual.steps import step_context  # pylint: disable=g-import-not-at-top
   c = setup.config
   if stats is None:
     stats = ClassStats.empty(setup.num_classes, setup.vit.embed_dim, c.statistics.method,
@@ -102,7 +102,7 @@ def train_step(setup: Setup, backbone, task: int = 0, method_state=None, lr: Opt
   is constant (default: config.prompt.lr with the config's batch scaling); per-group
   multipliers (frozen NoRGa scalars after task 0, head at 0.1 x lr, ...) come from the method.
   """
-  from cljax.continual.trainer import optimizer, train_step_fn  # pylint: disable=g-import-not-at-top
+  from cljax.continual.steps import optimizer, train_step_fn  # pylint: disable=g-import-not-at-top
   method, c = setup.method, setup.config
   lr = c.prompt.lr * config_lib.lr_scale(c) if lr is None else lr
   method_state = method.init_state() if method_state is None else method_state
@@ -173,7 +173,7 @@ def task_identity_method(setup: Setup):
 def predict_task(setup: Setup, tii_params, backbone, images, task: int):
   """(task ids [B], logits [B, C]) of the stage-1 model after ``task`` (0-based): the argmax
   among the classes of tasks 0..task names the task ([N] evaluate: target_task_map)."""
-  from cljax.continual.task_identity import predict_task as to_task  # pylint: disable=g-import-not-at-top
+  from cljax.methods.task_identity import predict_task as to_task  # pylint: disable=g-import-not-at-top
   tii = task_identity_method(setup)
   logits, _ = jax.jit(tii.predict)(_arrays(tii_params), {}, _arrays(backbone), jnp.asarray(images),
                                    jnp.zeros(len(images), jnp.int32), jnp.ones(len(images), bool))

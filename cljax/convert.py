@@ -136,7 +136,7 @@ def cmd_reference(args):
   c, num_classes = layout_config(method, args, ckpt)
   vit = _vit(args)
   from cljax import methods as methods_lib  # pylint: disable=g-import-not-at-top
-  from cljax.continual import task_identity  # pylint: disable=g-import-not-at-top
+  from cljax.methods import task_identity  # pylint: disable=g-import-not-at-top
   num_tasks = c.prompt.pool_size
   if method == 'task_identity':
     built = task_identity.frozen_backbone_classifier('task_identity', c, vit, num_classes, c.task_identity.mlp_hidden)
@@ -156,12 +156,12 @@ def cmd_reference(args):
 
 
 def cmd_export(args):
-  from cljax.continual import task_checkpoints  # pylint: disable=g-import-not-at-top
+  from cljax.continual import saved_stages  # pylint: disable=g-import-not-at-top
   if args.task < 1:
     raise CheckpointError(f'--task counts tasks from 1 (as the run prints them), got {args.task}')
   from cljax import config as config_lib  # pylint: disable=g-import-not-at-top
-  config = task_checkpoints.run_config(args.workdir)
-  params = task_checkpoints.load_params(args.workdir, args.task - 1, args.stage)
+  config = saved_stages.run_config(args.workdir)
+  params = saved_stages.load_params(args.workdir, args.task - 1, args.stage)
   method = 'task_identity' if args.stage == 'task_identity' else config.method
   ref_args = reference.reference_args(config, method, config_lib.num_classes(config),
                                       config.benchmark.num_tasks)

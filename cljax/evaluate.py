@@ -118,7 +118,7 @@ def evaluate(config, prompt: Dict[int, Any], task_identity: Optional[Dict[int, A
   ``tasks``, ``eval_batch_size``, and FA/CA/FM after the last evaluated task (CA and FM only
   when every task up to it was evaluated). Raises CheckpointError/ConfigError."""
   from cljax import config as config_lib  # pylint: disable=g-import-not-at-top
-  from cljax.continual import metrics, task_checkpoints, trainer  # pylint: disable=g-import-not-at-top
+  from cljax.continual import metrics, saved_stages, trainer  # pylint: disable=g-import-not-at-top
   config = config_lib.validate(config)
   # A workdir's checkpoints hold no backbone: the run's frozen one is loaded with the config.
   base = trainer.Experiment(config, workdir='', load_data=False, verbose=False,
@@ -133,9 +133,9 @@ def evaluate(config, prompt: Dict[int, Any], task_identity: Optional[Dict[int, A
     if not 1 <= t <= base.num_tasks:
       raise ConfigError(f'task {t} is outside 1..{base.num_tasks} (config.benchmark.num_tasks)')
     if workdir is not None:
-      entry = {'prompt': task_checkpoints.load_params(workdir, t - 1, 'prompt', experiment=base)}
+      entry = {'prompt': saved_stages.load_params(workdir, t - 1, 'prompt', experiment=base)}
       if uses_tii:
-        entry['task_identity'] = task_checkpoints.load_params(workdir, t - 1, 'task_identity', experiment=base)
+        entry['task_identity'] = saved_stages.load_params(workdir, t - 1, 'task_identity', experiment=base)
       batch = batch or config.eval_batch_size
     else:
       entry = {}
@@ -163,7 +163,7 @@ def evaluate(config, prompt: Dict[int, Any], task_identity: Optional[Dict[int, A
                               f'both stages on one frozen backbone')
     if first is None or not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(backbone))):
       experiment.backbone = jax.device_put(jax.tree.map(np.asarray, backbone), experiment.replicated)
-      experiment._test_cache.clear()  # pylint: disable=protected-access
+      experiment.test_cache.clear()
       first = backbone
     state = {}
     for stage in experiment.stages:
@@ -201,14 +201,14 @@ def evaluate(config, prompt: Dict[int, Any], task_identity: Optional[Dict[int, A
 def main(argv):
   from cljax.continual.run_log import quiet_libraries  # pylint: disable=g-import-not-at-top
   quiet_libraries()
-  from cljax.continual import task_checkpoints  # pylint: disable=g-import-not-at-top
+  from cljax.continual import saved_stages  # pylint: disable=g-import-not-at-top
   try:
     cli.check_no_arguments(argv)
     config = cli.config_value(_CONFIG)
     if bool(_WORKDIR.value) == bool(_CHECKPOINT.value):
       raise ConfigError('give either --workdir (a cljax run) or --checkpoint (reference files)')
     if _WORKDIR.value:
-      saved = task_checkpoints.run_config(_WORKDIR.value)
+      saved = saved_stages.run_config(_WORKDIR.value)
       from cljax import config as config_lib  # pylint: disable=g-import-not-at-top
       diff = config_lib.differences(config_lib.to_json(saved), config_lib.to_json(config),
                                     ignore=('checkpoint_every_steps', 'log_every_steps', 'stop_after_task',

@@ -1,4 +1,4 @@
-"""CODA-Prompt (the SMoPE repository's version) on Split CIFAR-100 (10 tasks) with the references' hyper-parameters (cljax/config.py: baseline).
+"""CODA-Prompt (the SMoPE repository's version) on Split CIFAR-100 (10 tasks) with the references' hyper-parameters (cljax/config/tables.py: baseline).
 
   python -m cljax.main --config=configs/cifar100_coda.py[:BACKBONE] --workdir=DIR
 """

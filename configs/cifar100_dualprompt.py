@@ -1,4 +1,4 @@
-"""DualPrompt on Split CIFAR-100 (10 tasks) with the references' hyper-parameters (cljax/config.py: baseline).
+"""DualPrompt on Split CIFAR-100 (10 tasks) with the references' hyper-parameters (cljax/config/tables.py: baseline).
 
   python -m cljax.main --config=configs/cifar100_dualprompt.py[:BACKBONE] --workdir=DIR
 """

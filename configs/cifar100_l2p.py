@@ -1,4 +1,4 @@
-"""L2P on Split CIFAR-100 (10 tasks) with the references' hyper-parameters (cljax/config.py: baseline).
+"""L2P on Split CIFAR-100 (10 tasks) with the references' hyper-parameters (cljax/config/tables.py: baseline).
 
   python -m cljax.main --config=configs/cifar100_l2p.py[:BACKBONE] --workdir=DIR
 """

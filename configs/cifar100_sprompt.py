@@ -1,4 +1,4 @@
-"""S-Prompt (the HiDe repositories' version) on Split CIFAR-100 (10 tasks) with the references' hyper-parameters (cljax/config.py: baseline).
+"""S-Prompt (the HiDe repositories' version) on Split CIFAR-100 (10 tasks) with the references' hyper-parameters (cljax/config/tables.py: baseline).
 
   python -m cljax.main --config=configs/cifar100_sprompt.py[:BACKBONE] --workdir=DIR
 """

@@ -1,4 +1,4 @@
-"""DualPrompt on Split CUB-200 (10 tasks) with the references' hyper-parameters (cljax/config.py: baseline).
+"""DualPrompt on Split CUB-200 (10 tasks) with the references' hyper-parameters (cljax/config/tables.py: baseline).
 
   python -m cljax.main --config=configs/cub_dualprompt.py[:BACKBONE] --workdir=DIR
 """

@@ -1,4 +1,4 @@
-"""L2P on Split CUB-200 (10 tasks) with the references' hyper-parameters (cljax/config.py: baseline).
+"""L2P on Split CUB-200 (10 tasks) with the references' hyper-parameters (cljax/config/tables.py: baseline).
 
   python -m cljax.main --config=configs/cub_l2p.py[:BACKBONE] --workdir=DIR
 """

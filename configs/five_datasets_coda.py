@@ -1,4 +1,4 @@
-"""CODA-Prompt (the SMoPE repository's version) on 5-Datasets (5 tasks) with the references' hyper-parameters (cljax/config.py: baseline).
+"""CODA-Prompt (the SMoPE repository's version) on 5-Datasets (5 tasks) with the references' hyper-parameters (cljax/config/tables.py: baseline).
 
   python -m cljax.main --config=configs/five_datasets_coda.py[:BACKBONE] --workdir=DIR
 """

@@ -1,4 +1,4 @@
-"""DualPrompt on 5-Datasets (5 tasks) with the references' hyper-parameters (cljax/config.py: baseline).
+"""DualPrompt on 5-Datasets (5 tasks) with the references' hyper-parameters (cljax/config/tables.py: baseline).
 
   python -m cljax.main --config=configs/five_datasets_dualprompt.py[:BACKBONE] --workdir=DIR
 """

@@ -1,4 +1,4 @@
-"""L2P on 5-Datasets (5 tasks) with the references' hyper-parameters (cljax/config.py: baseline).
+"""L2P on 5-Datasets (5 tasks) with the references' hyper-parameters (cljax/config/tables.py: baseline).
 
   python -m cljax.main --config=configs/five_datasets_l2p.py[:BACKBONE] --workdir=DIR
 """

@@ -1,4 +1,4 @@
-"""S-Prompt (the HiDe repositories' version) on 5-Datasets (5 tasks) with the references' hyper-parameters (cljax/config.py: baseline).
+"""S-Prompt (the HiDe repositories' version) on 5-Datasets (5 tasks) with the references' hyper-parameters (cljax/config/tables.py: baseline).
 
   python -m cljax.main --config=configs/five_datasets_sprompt.py[:BACKBONE] --workdir=DIR
 """

@@ -1,4 +1,4 @@
-"""CODA-Prompt (the SMoPE repository's version) on Split ImageNet-R (10 tasks) with the references' hyper-parameters (cljax/config.py: baseline).
+"""CODA-Prompt (the SMoPE repository's version) on Split ImageNet-R (10 tasks) with the references' hyper-parameters (cljax/config/tables.py: baseline).
 
   python -m cljax.main --config=configs/imr_coda.py[:BACKBONE] --workdir=DIR
 """

@@ -1,4 +1,4 @@
-"""DualPrompt on Split ImageNet-R (10 tasks) with the references' hyper-parameters (cljax/config.py: baseline).
+"""DualPrompt on Split ImageNet-R (10 tasks) with the references' hyper-parameters (cljax/config/tables.py: baseline).
 
   python -m cljax.main --config=configs/imr_dualprompt.py[:BACKBONE] --workdir=DIR
 """

@@ -1,4 +1,4 @@
-"""SMoPE on Split-ImageNet-R (10 tasks) with the SMoPE repository's hyper-parameters (cljax/config.py: smope).
+"""SMoPE on Split-ImageNet-R (10 tasks) with the SMoPE repository's hyper-parameters (cljax/config/tables.py: smope).
 
   python -m cljax.main --config=configs/imr_smope.py --workdir=DIR [--config.seed=0..4]
 """

@@ -6,7 +6,7 @@
 
 Times, for one transformer block of the model (and the whole frozen backbone), the forward and
 the forward + gradient to the input (what prompt training back-propagates through a frozen ViT:
-activation gradients only, no weight gradients), in cljax (jitted) and in `cljax.torch_oracle`
+activation gradients only, no weight gradients), in cljax (jitted) and in `cljax_testing.torch_oracle`
 (eager fp32, parameters with requires_grad False), interleaved in this process, medians of
 ``--repeats``:
 
@@ -108,7 +108,7 @@ class Blocks(nn.Module):
 
 def torch_parts(cfg, batch: int):
   import torch  # pylint: disable=g-import-not-at-top
-  from cljax import torch_oracle as O  # pylint: disable=g-import-not-at-top
+  from cljax_testing import torch_oracle as O  # pylint: disable=g-import-not-at-top
   torch.manual_seed(0)
   tokens = 1 + (cfg.image_size // cfg.patch_size) ** 2
   dim, heads = cfg.embed_dim, cfg.num_heads

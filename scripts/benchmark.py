@@ -14,7 +14,7 @@ What is timed. cljax: the very steps `Experiment` jits for a run (`_steps(stage)
 config for Split ImageNet-R with the backbone swapped for the benchmarked size and random
 weights (no files needed), lowered and compiled once (compile time reported apart), then run on
 device-resident random inputs: a step's time is the median over `--repeats` calls after one
-warm-up call. PyTorch: `cljax.torch_oracle`'s models (timm-layout blocks, the references'
+warm-up call. PyTorch: `cljax_testing.torch_oracle`'s models (timm-layout blocks, the references'
 attention and gate formulas, their prompt gather), eager fp32, frozen backbone with
 requires_grad False, Adam(W) over the trainable params, grad-norm clipping where the config
 clips, the same loss terms, batch and input; eval under torch.no_grad. Both run in this process,
@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import statistics
@@ -69,6 +68,7 @@ from cljax.continual import step_inputs, trainer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import reference_step  # pylint: disable=g-import-not-at-top,wrong-import-position
+import report_files  # pylint: disable=g-import-not-at-top,wrong-import-position
 import step_timing  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 ALL_METHODS = ('l2p', 'dualprompt', 'sprompt', 'coda', 'hideprompt', 'norga', 'smope')
@@ -132,7 +132,7 @@ def experiment(method: str, model: str, batch: int, overrides):
 
 def cljax_train(exp, stage, batch):
   """(call, info) of the stage's compiled train step on random inputs."""
-  step = exp._steps(stage)['train']   # pylint: disable=protected-access
+  step = exp.stage_steps(stage)['train'] 
   args, flags = step_inputs.train_args(exp, stage, batch, t=1, concrete=True)
   lowered = step.lower(*args, flags=flags)
   t0 = time.perf_counter()
@@ -149,7 +149,7 @@ def cljax_train(exp, stage, batch):
 
 def cljax_eval(exp, batch):
   """(call, info) of the compiled evaluation step on random inputs."""
-  step = exp._eval_step('prompt', per_example=False)   # pylint: disable=protected-access
+  step = exp.eval_step('prompt', per_example=False) 
   args = step_inputs.eval_args(exp, batch, concrete=True)
   lowered = step.lower(*args)
   t0 = time.perf_counter()
@@ -176,7 +176,7 @@ def cljax_step(exp, stage_name: str, kind: str, batch: int):
 
 def time_cljax_alignment(exp, stage, repeats):
   """One classifier-alignment step (Gaussian replay of ca_samples features), for projections."""
-  steps = exp._steps(stage)   # pylint: disable=protected-access
+  steps = exp.stage_steps(stage) 
   params = jax.jit(stage.method.init)(jax.random.PRNGKey(0))
   opt = steps['ca_tx'].init(params)
   lr_tree = jax.tree.map(lambda _: jnp.float32(1.0), params)
@@ -196,11 +196,11 @@ def time_cljax_alignment(exp, stage, repeats):
 # ----------------------------------------------------------------------------- PyTorch side
 
 class TorchSide:
-  """The method's reference structure in eager PyTorch (cljax.torch_oracle), for one config."""
+  """The method's reference structure in eager PyTorch (cljax_testing.torch_oracle), for one config."""
 
   def __init__(self, exp, batch: int, compile_mode: bool, amp: bool = False):
     import torch  # pylint: disable=g-import-not-at-top
-    from cljax import torch_oracle as O  # pylint: disable=g-import-not-at-top
+    from cljax_testing import torch_oracle as O  # pylint: disable=g-import-not-at-top
     from cljax.checkpoints import backbones  # pylint: disable=g-import-not-at-top
     self.torch, self.F = torch, torch.nn.functional
     c, vit = exp.config, exp.vit_cfg
@@ -516,13 +516,6 @@ def projection(method, rates, dataset):
 
 # ----------------------------------------------------------------------------- main
 
-def device_name():
-  d = jax.devices()[0]
-  if d.platform == 'cpu':
-    return f'cpu-{os.cpu_count()}cores'
-  return d.device_kind.replace(' ', '-').lower()
-
-
 def parse(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--methods', default='', help='comma list or "all" (default: all at ViT-Ti; '
@@ -594,7 +587,7 @@ def main(argv=None):
     print(f'error: {e}', file=sys.stderr)
     raise SystemExit(2) from None
   load_start = os.getloadavg()
-  dev = device_name()
+  dev = report_files.device_name()
   print(f'device {dev} ({jax.devices()[0].device_kind}), jax {jax.__version__}, batch {batch}, '
         f'cljax dtype {args.dtype}, repeats {args.repeats}', flush=True)
   if not repos:
@@ -718,17 +711,13 @@ def main(argv=None):
               'at least the larger of the two, as the pipeline overlaps the steps (prefetch thread).']
   text = '\n'.join(lines)
   print('\n' + text, flush=True)
-  os.makedirs(args.out_dir, exist_ok=True)
   name = f'{"reference" if repos else "performance"}_{dev}{"_" + args.dtype if args.dtype != "float32" else ""}{args.tag}'
-  with open(os.path.join(args.out_dir, name + '.md'), 'w') as f:
-    f.write(text + '\n')
-  with open(os.path.join(args.out_dir, name + '.json'), 'w') as f:
-    json.dump({'device': dev, 'device_kind': jax.devices()[0].device_kind, 'date': datetime.date.today().isoformat(),
-               'batch': batch, 'dtype': args.dtype, 'repeats': args.repeats, 'peak_flops': peak,
-               'jax': jax.__version__, 'torch': torch_version, 'rows': rows,
-               'load_average': {'start': load_start, 'end': load_end},
-               'host_pipeline_img_s': pipe, 'projection': [{'method': m, 'benchmark': d, 'paper_batch': b, 'seconds': s, 'stages': p}
-                              for m, d, b, s, p in proj_rows]}, f, indent=1)
+  report_files.write(args.out_dir, name, text, {
+      'device_kind': jax.devices()[0].device_kind, 'batch': batch, 'dtype': args.dtype,
+      'repeats': args.repeats, 'peak_flops': peak, 'torch_in_process': torch_version, 'rows': rows,
+      'load_average': {'start': load_start, 'end': load_end}, 'host_pipeline_img_s': pipe,
+      'projection': [{'method': m, 'benchmark': d, 'paper_batch': b, 'seconds': s, 'stages': p}
+                     for m, d, b, s, p in proj_rows]}, argv)
   return rows
 
 

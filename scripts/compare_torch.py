@@ -24,7 +24,7 @@ from cljax.errors import CljaxError
 from cljax.models.prefix import ACTIVATIONS
 from cljax.models.prompts import PoolSpec
 from cljax.models.vit import ViTConfig, vit_config
-from cljax.torch_oracle import Pair, rel_err
+from cljax_testing.torch_oracle import Pair, rel_err
 
 
 def parse():

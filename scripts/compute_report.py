@@ -41,13 +41,13 @@ def count(tree) -> int:
 def stage_costs(exp, stage, batch: int, t: int = 1):
   """(learnable params, train GFLOPs/img) of one stage's training step at task t."""
   args, flags = step_inputs.train_args(exp, stage, batch, t)
-  flops = exp._steps(stage)['train'].lower(*args, flags=flags).cost_analysis()['flops']
+  flops = exp.stage_steps(stage)['train'].lower(*args, flags=flags).cost_analysis()['flops']
   return count(args[0]), flops / batch / 1e9
 
 
 def inference_cost(exp, batch: int):
   args = step_inputs.eval_args(exp, batch)
-  return exp._eval_step('prompt', per_example=False).lower(*args).cost_analysis()['flops'] / batch / 1e9
+  return exp.eval_step('prompt', per_example=False).lower(*args).cost_analysis()['flops'] / batch / 1e9
 
 
 def main():

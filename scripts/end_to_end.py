@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.metadata
 import json
 import os
 import platform
@@ -34,6 +33,9 @@ import subprocess
 import sys
 import tempfile
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import report_files  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIDES = ('cljax', 'torch')
@@ -58,10 +60,6 @@ def parse(argv=None):
     p.error('--repeats must be >= 1')
   args.overrides = extra
   return args
-
-
-def device_name() -> str:
-  return f'cpu-{os.cpu_count()}cores'
 
 
 def command(side: str, config: str, workdir: str, overrides):
@@ -165,13 +163,6 @@ def median_row(rows):
   return out
 
 
-def version(name: str) -> str:
-  try:
-    return importlib.metadata.version(name)
-  except importlib.metadata.PackageNotFoundError:
-    return 'not installed'
-
-
 def report(args, runs, dev: str) -> str:
   med = {side: median_row(runs[side]) for side in SIDES}
   ratio = med['torch']['wall_s'] / med['cljax']['wall_s']
@@ -179,8 +170,8 @@ def report(args, runs, dev: str) -> str:
                        ([f'--repeats {args.repeats}'] if args.repeats > 1 else []) + args.overrides)
   lines = [f'## End to end: the demo in cljax vs the same pipeline in PyTorch ({dev})', '',
            f'{datetime.date.today().isoformat()}; {platform.processor() or platform.machine()}, '
-           f'{os.cpu_count()} cores; jax {version("jax")}, jaxlib {version("jaxlib")}, '
-           f'torch {version("torch")}; config `{args.config}`'
+           f'{os.cpu_count()} cores; jax {report_files.version("jax")}, jaxlib {report_files.version("jaxlib")}, '
+           f'torch {report_files.version("torch")}; config `{args.config}`'
            + (f' with {" ".join(args.overrides)}' if args.overrides else '') +
            f'; {"median of " + str(args.repeats) + " runs each, alternating" if args.repeats > 1 else "one run each"}.',
            f'Command: `{shown_cmd}`', '',
@@ -216,7 +207,7 @@ def report(args, runs, dev: str) -> str:
 
 def main(argv=None):
   args = parse(argv)
-  dev = device_name()
+  dev = report_files.device_name()
   root = args.root or tempfile.mkdtemp(prefix='cljax_end_to_end_')
   runs = {side: [] for side in SIDES}
   try:
@@ -229,16 +220,9 @@ def main(argv=None):
       shutil.rmtree(root, ignore_errors=True)
   text, med, ratio = report(args, runs, dev)
   print('\n' + text, flush=True)
-  os.makedirs(args.out_dir, exist_ok=True)
-  name = f'end_to_end_{dev}{args.tag}'
-  with open(os.path.join(args.out_dir, name + '.md'), 'w') as f:
-    f.write(text + '\n')
-  with open(os.path.join(args.out_dir, name + '.json'), 'w') as f:
-    json.dump({'device': dev, 'date': datetime.date.today().isoformat(), 'config': args.config,
-               'overrides': args.overrides, 'repeats': args.repeats, 'jax': version('jax'),
-               'jaxlib': version('jaxlib'), 'torch': version('torch'), 'cpu_count': os.cpu_count(),
-               'command': ' '.join(['python scripts/end_to_end.py'] + (sys.argv[1:] if argv is None else list(argv))),
-               'ratio_torch_over_cljax': ratio, 'median': med, 'runs': runs}, f, indent=1)
+  report_files.write(args.out_dir, f'end_to_end_{dev}{args.tag}', text, {
+      'config': args.config, 'overrides': args.overrides, 'repeats': args.repeats,
+      'ratio_torch_over_cljax': ratio, 'median': med, 'runs': runs}, argv)
   return med, ratio
 
 

@@ -5,7 +5,7 @@ the other side of the end-to-end comparison (scripts/end_to_end.py).
   python scripts/torch_pipeline.py --config=configs/demo.py:hideprompt --workdir=/tmp/t \
       --config.stop_after_task=1 --config.prompt.epochs=2
 
-`TorchPipeline.run` mirrors `cljax.continual.trainer.Experiment._run` step for step: per task,
+`TorchPipeline.run` mirrors `cljax.continual.experiment.Experiment._run` step for step: per task,
 stage 1 (the task-identity model: frozen backbone + residual MLP head, task-masked CE, Adam,
 clipping) trains, summarises its features, is scored before and after its alignment; then stage 2
 (the prompt pool + head: the previous entry copied in, prompt momentum, the contrastive
@@ -25,7 +25,7 @@ pads and masks: the same numbers); PyTorch clips by max_norm / (norm + 1e-6), op
 max_norm / norm; no checkpoints, plots or TensorBoard are written. Results go to
 <workdir>/torch_results.json with the keys of cljax's results.json plus the timings.
 
-torch is a test-time oracle: this script and `cljax.torch_oracle` are the only places that
+torch is a test-time oracle: this script and `cljax_testing.torch_oracle` are the only places that
 import it.
 """
 
@@ -50,7 +50,7 @@ from cljax.checkpoints import backbones, torch_names
 from cljax.continual import alignment, metrics, trainer
 from cljax.data import pipeline
 from cljax.errors import ConfigError, TrainingDivergedError
-from cljax.torch_oracle import PromptedViT
+from cljax_testing.torch_oracle import PromptedViT
 
 METHODS = ('norga', 'hideprompt')
 PHASES = ('setup', 'stage1_train', 'stage2_train', 'statistics', 'alignment', 'evaluation')
@@ -260,7 +260,7 @@ class TorchPipeline:
     return opt, trainable
 
   def context(self, name: str, t: int) -> Dict[str, torch.Tensor]:
-    """What the loss reads besides the batch (cf. trainer.step_context)."""
+    """What the loss reads besides the batch (cf. cljax.continual.steps.step_context)."""
     means, valid = self.stats[name].means()
     return {'task_mask': torch.from_numpy(self.split.task_mask(t)),
             'means': torch.from_numpy(np.asarray(means)[np.asarray(valid)])}

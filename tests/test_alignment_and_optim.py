@@ -9,6 +9,7 @@ import torch
 
 from cljax import optim
 from cljax.continual import alignment
+from cljax.methods import base
 from cljax.methods.hide import momentum_pool
 
 
@@ -78,7 +79,7 @@ def test_contrastive_regulariser_matches_reference_formula():
   m = torch.cat([torch.from_numpy(means[:3]), torch.from_numpy(feats[:3])]).float()
   ref = torch.nn.functional.cross_entropy(m @ m.T / 0.8, torch.arange(6)).item()
   # Means 3, 4 are not yet valid and example 3 is padding: both must drop out.
-  ours = alignment.contrastive_regulariser(jnp.asarray(feats, jnp.float32), jnp.array([1, 1, 1, 0], bool),
+  ours = base.contrastive_regulariser(jnp.asarray(feats, jnp.float32), jnp.array([1, 1, 1, 0], bool),
                                            jnp.asarray(means, jnp.float32), jnp.array([1, 1, 1, 0, 0], bool))
   assert float(ours) == pytest.approx(ref, rel=1e-5)
 

@@ -11,10 +11,10 @@ import torch
 
 from cljax import api
 from cljax import config as config_lib
-from cljax import torch_oracle
+from cljax_testing import torch_oracle
 from cljax.errors import CheckpointError
 from cljax.methods import hide
-from cljax.torch_oracle import rel_err
+from cljax_testing.torch_oracle import rel_err
 
 KW = dict(dim=128, depth=6, heads=4, patch=4, image=28, num_classes=10)   # the demo ViT
 IMAGES = np.random.RandomState(1).rand(5, 28, 28, 3).astype(np.float32)

@@ -11,7 +11,7 @@ from cljax import methods as methods_lib
 from cljax.checkpoints import backbones, torch_names
 from cljax.methods import coda, keyed
 from cljax.models.vit import ViTConfig
-from cljax.torch_oracle import CodaViT, KeyedPromptedViT, rel_err
+from cljax_testing.torch_oracle import CodaViT, KeyedPromptedViT, rel_err
 
 CFG = ViTConfig(embed_dim=64, depth=4, num_heads=4, patch_size=8, image_size=32)
 FWD = 1e-5

@@ -1,7 +1,6 @@
 """scripts/benchmark.py --quick runs and writes its table (structure only: timings are measured
 by the script, never asserted in tests)."""
 
-import importlib.util
 import json
 import os
 
@@ -9,18 +8,11 @@ import pytest
 
 pytest.importorskip('torch')
 
-SCRIPT = os.path.join(os.path.dirname(__file__), '..', 'scripts', 'benchmark.py')
-
-
-def load_script():
-  spec = importlib.util.spec_from_file_location('cljax_benchmark_script', SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from cljax_testing.helpers import load_script  # pylint: disable=wrong-import-position
 
 
 def test_quick_benchmark_writes_its_table(tmp_path, capsys):
-  bench = load_script()
+  bench = load_script('benchmark')
   rows = bench.main(['--quick', '--out-dir', str(tmp_path), '--tag', '_test'])
   # Without a checkout of an original repository (as in CI) its rows are skipped, said once.
   assert capsys.readouterr().out.count('reference rows skipped: no --reference-repo given') == 1
@@ -39,7 +31,7 @@ def test_quick_benchmark_writes_its_table(tmp_path, capsys):
 
 
 def test_projection_counts_images_of_a_run():
-  bench = load_script()
+  bench = load_script('benchmark')
   rates = {'task_identity': {'train': 100.0, 'ca_s': 0.0}, 'prompt': {'train': 10.0, 'forward': 50.0, 'ca_s': 0.0}}
   _, seconds, parts = bench.projection('norga', rates, 'imr')
   # Split ImageNet-R NoRGa (Sup-21K): stage 1 20 epochs, prompts 150 epochs over 24,000 images.

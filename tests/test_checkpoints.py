@@ -14,7 +14,7 @@ from cljax.errors import CheckpointError
 from cljax.models.assembly import PromptedViTSpec
 from cljax.models.prompts import PoolSpec
 from cljax.models.vit import ViTConfig
-from cljax.torch_oracle import Pair, rel_err
+from cljax_testing.torch_oracle import Pair, rel_err
 
 CFG = ViTConfig(embed_dim=64, depth=2, num_heads=4, patch_size=8, image_size=32)
 NORGA = PoolSpec(layers=(0, 1), pool_size=3, length=4, gate='norga', activation='tanh')

@@ -14,7 +14,8 @@ import torch
 
 from cljax import api
 from cljax import config as config_lib
-from cljax import evaluate, torch_oracle
+from cljax import evaluate
+from cljax_testing import torch_oracle
 from cljax.checkpoints import backbones, files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

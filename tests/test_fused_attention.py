@@ -9,7 +9,7 @@ import pytest
 from cljax.models import prefix as prefix_lib
 from cljax.models.prompts import PoolSpec
 from cljax.models.vit import ViTConfig
-from cljax.torch_oracle import Pair, rel_err
+from cljax_testing.torch_oracle import Pair, rel_err
 
 SMALL = ViTConfig(embed_dim=64, depth=3, num_heads=4, patch_size=8, image_size=32)
 IMAGES = np.random.RandomState(0).rand(6, 32, 32, 3).astype(np.float32)

@@ -17,11 +17,11 @@ import torch
 from cljax import config as config_lib
 from cljax import convert
 from cljax import methods as methods_lib
-from cljax import torch_oracle
+from cljax_testing import torch_oracle
 from cljax.checkpoints import files, reference
-from cljax.continual import task_identity
+from cljax.methods import task_identity
 from cljax.models.vit import ViTConfig
-from cljax.torch_oracle import rel_err
+from cljax_testing.torch_oracle import rel_err
 
 CFG = ViTConfig(embed_dim=64, depth=3, num_heads=4, patch_size=8, image_size=32)
 IMAGES = np.random.RandomState(0).rand(6, 32, 32, 3).astype(np.float32)

@@ -34,7 +34,7 @@ def test_every_dot_of_the_train_step_has_the_configured_precision(dtype, setting
   exp = trainer.Experiment(c, '', load_data=False, verbose=False)
   stage = exp.stages[-1]
   args, flags = step_inputs.train_args(exp, stage, 4)
-  text = exp._steps(stage)['train'].lower(*args, flags=flags).as_text()
+  text = exp.stage_steps(stage)['train'].lower(*args, flags=flags).as_text()
   precisions = dot_precisions(text)
   assert len(precisions) > 50      # the prompted ViT's forward and backward
   # SMoPE-style router dots are pinned to HIGHEST; NoRGa has none, so all follow the setting.

@@ -9,7 +9,7 @@ import pytest
 from cljax.models.prefix import ACTIVATIONS
 from cljax.models.prompts import PoolSpec
 from cljax.models.vit import ViTConfig, vit_config
-from cljax.torch_oracle import Pair, rel_err
+from cljax_testing.torch_oracle import Pair, rel_err
 
 SMALL = ViTConfig(embed_dim=64, depth=3, num_heads=4, patch_size=8, image_size=32)
 FWD, GRAD = 1e-5, 1e-4

@@ -44,14 +44,14 @@ def test_train_and_eval_steps_compile_once_across_tasks(method):
   c.batch_size = c.eval_batch_size = 4
   exp = trainer.Experiment(c, '', load_data=False, verbose=False)
   for stage in exp.stages:
-    step = exp._steps(stage)['train']
+    step = exp.stage_steps(stage)['train']
     for t in range(3):
       for phase in stage.method.training_phases(t, 2):
         args, _ = step_inputs.train_args(exp, stage, 4, t, concrete=True)
         jax.block_until_ready(step(*args, flags=phase.flags))
     phases = {p.flags for t in range(3) for p in stage.method.training_phases(t, 2)}
     assert step._cache_size() == len(phases), (stage.name, phases)
-  evaluate = exp._eval_step('prompt')
+  evaluate = exp.eval_step('prompt')
   for seed in range(2):
     jax.block_until_ready(evaluate(*step_inputs.eval_args(exp, 4, concrete=True, seed=seed)))
   assert evaluate._cache_size() == 1
@@ -76,17 +76,17 @@ def test_a_run_compiles_each_step_once(tmp_path, reuse_features):
     exp.run()
   for stage in exp.stages:
     for name in ('train', 'ca'):
-      assert exp._jitted[stage.name][name]._cache_size() == 1, (stage.name, name)
+      assert exp.jitted[stage.name][name]._cache_size() == 1, (stage.name, name)
   assert compiled['jit(train_step)'] == len(exp.stages) and compiled['jit(ca_step)'] == len(exp.stages), compiled
   # At most one `alignment.sample` per stage, counted during this run only.
   assert compiled['jit(sample)'] <= len(exp.stages), compiled
   # Each stage jits `alignment.sample` at the run's matmul precision: one compilation each.
   for stage in exp.stages:
-    assert exp._jitted[stage.name]['sample']._cache_size() == 1, stage.name
-  evals = [k for k in exp._jitted if k.startswith(('eval/', 'frozen_features/'))]
+    assert exp.jitted[stage.name]['sample']._cache_size() == 1, stage.name
+  evals = [k for k in exp.jitted if k.startswith(('eval/', 'frozen_features/'))]
   assert len(evals) >= 3
   for key in evals:
-    assert exp._jitted[key]._cache_size() == 1, key
+    assert exp.jitted[key]._cache_size() == 1, key
 
 
 def test_cached_test_features_give_the_same_evaluation(tmp_path):
@@ -97,10 +97,10 @@ def test_cached_test_features_give_the_same_evaluation(tmp_path):
   seen = jax.numpy.asarray(exp.split.seen_mask(2))
   class_to_task = jax.numpy.asarray(exp.split.class_to_task)
   for per_example in (False, True):
-    step = exp._eval_step('prompt', per_example)
+    step = exp.eval_step('prompt', per_example)
     for i in range(3):
-      cached = exp._test_features(i)
-      batches = exp._batches(exp.data.test.indices_of(exp.split.tasks[i]), False, (0,), False,
+      cached = exp.test_features(i)
+      batches = exp.batches(exp.data.test.indices_of(exp.split.tasks[i]), False, (0,), False,
                              exp.config.eval_batch_size)
       for b, batch in enumerate(batches):
         args = (state['prompt']['params'], state['prompt']['method_state'],
@@ -108,4 +108,4 @@ def test_cached_test_features_give_the_same_evaluation(tmp_path):
                 batch.mask, seen, class_to_task)
         whole = [int(x) for x in step(*args)]
         assert whole == [int(x) for x in step(*args, cached[b][2])], (i, b)
-  assert len(exp._test_cache) == 3
+  assert len(exp.test_cache) == 3

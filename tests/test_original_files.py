@@ -13,9 +13,9 @@ from cljax import config as config_lib
 from cljax import convert
 from cljax import methods as methods_lib
 from cljax.checkpoints import reference
-from cljax.continual import task_identity
+from cljax.methods import task_identity
 from cljax.models.vit import ViTConfig
-from cljax.torch_oracle import rel_err
+from cljax_testing.torch_oracle import rel_err
 
 DATA = os.path.join(os.path.dirname(__file__), 'data', 'original')
 EXPECTED = np.load(os.path.join(DATA, 'original_expected.npz'))

@@ -55,7 +55,7 @@ def _composition(experiment, per_class):
     labels, mask = np.asarray(batch.labels), np.asarray(batch.mask)
     real = labels[mask]
     return np.stack([labels, np.full(len(labels), len(set(real.tolist()))), np.full(len(labels), len(real))], 1)
-  return experiment._train_features(features, 1, train_transform=False, per_class=per_class)  # pylint: disable=protected-access
+  return experiment.train_features(features, 1, train_transform=False, per_class=per_class)
 
 
 def test_per_class_statistics_batches_are_single_class_and_shuffled(experiment):

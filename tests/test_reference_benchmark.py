@@ -7,9 +7,10 @@ import sys
 
 import pytest
 
+from cljax_testing.helpers import load_script
+
 SCRIPTS = os.path.join(os.path.dirname(__file__), '..', 'scripts')
-sys.path.insert(0, SCRIPTS)
-import reference_step  # pylint: disable=g-import-not-at-top,wrong-import-position
+reference_step = load_script('reference_step')
 
 
 def run_benchmark(*argv):

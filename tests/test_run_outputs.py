@@ -14,6 +14,7 @@ import pytest
 from cljax import report
 from cljax.continual import plots
 from cljax.continual.run_log import RunLog
+from cljax_testing.helpers import load_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEEDS = (42, 40, 44)
@@ -144,8 +145,7 @@ def test_progress_is_live_on_a_tty_and_periodic_elsewhere(tmp_path):
 
 
 def test_functional_api_example_trains_and_swaps_the_gate(tmp_path):
-  sys.path.insert(0, os.path.join(ROOT, 'scripts'))
-  import functional_api_example
+  functional_api_example = load_script('functional_api_example')
   out = functional_api_example.main(epochs=2, data_dir=str(tmp_path), depth=3)
   assert out['losses'][1] < out['losses'][0]
   assert out['accuracy'] > 60 and out['accuracy_gelu'] > 60    # 2 classes: chance is 50%

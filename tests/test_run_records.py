@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cljax import config as config_lib
-from cljax import dry_run
+from cljax.continual import dry_run
 from cljax.continual import metrics, task_checkpoints, trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,7 +49,7 @@ def _results(exp, acc):
   T = exp.num_tasks
   state['accuracy'][:] = acc
   state['step'] = np.array(task_checkpoints.stage_step(T - 1, 'prompt'), np.int32)
-  return exp._results(state, 0.0)   # pylint: disable=protected-access
+  return exp.results(state, 0.0) 
 
 
 # Task 1 is best at the end: HiDe's forgetting counts it 0, SMoPE's 90 - 95 = -5.

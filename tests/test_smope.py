@@ -11,7 +11,7 @@ from cljax import config as config_lib
 from cljax import methods as methods_lib
 from cljax.checkpoints import backbones, torch_names
 from cljax.models.vit import ViTConfig
-from cljax.torch_oracle import SmopeViT, rel_err
+from cljax_testing.torch_oracle import SmopeViT, rel_err
 
 CFG = ViTConfig(embed_dim=64, depth=3, num_heads=4, patch_size=8, image_size=32)
 IMAGES = np.random.RandomState(0).rand(6, 32, 32, 3).astype(np.float32)

@@ -4,7 +4,6 @@ two-task run (with cljax's alignment draws) gives the trainer's accuracy matrix.
 
 Small: the demo's backbone cut to its first 3 blocks, one epoch per stage."""
 
-import importlib.util
 import os
 
 import numpy as np
@@ -15,33 +14,18 @@ torch = pytest.importorskip('torch')
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from cljax import config as config_lib  # pylint: disable=wrong-import-position
 from cljax.continual import trainer  # pylint: disable=wrong-import-position
 from cljax.data import pipeline  # pylint: disable=wrong-import-position
 from cljax.errors import ConfigError  # pylint: disable=wrong-import-position
-
-SCRIPT = os.path.join(os.path.dirname(__file__), '..', 'scripts', 'torch_pipeline.py')
-
-
-def load_script():
-  spec = importlib.util.spec_from_file_location('cljax_torch_pipeline', SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
+from cljax_testing.helpers import demo_config, load_script  # pylint: disable=wrong-import-position
 
 def small_config(data_dir, method='norga'):
-  c = config_lib.demo(method)
-  c.benchmark.data_dir = data_dir
-  c.backbone.depth = 3
-  c.task_identity.update(epochs=1, ca_epochs=2)
-  c.prompt.update(epochs=1, ca_epochs=2)
-  return c
+  return demo_config(data_dir, method, epochs=(1, 1), ca_epochs=(2, 2))
 
 
 @pytest.fixture(scope='module')
 def tp():
-  return load_script()
+  return load_script('torch_pipeline')
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -61,7 +45,7 @@ def data_dir(tmp_path_factory):
 
 def cljax_losses(exp, stage, params, method_state, stats, t, batches):
   """The trainer's jitted step over batches from (params, method_state) at task t."""
-  steps = exp._steps(stage)   # pylint: disable=protected-access
+  steps = exp.stage_steps(stage) 
   params, method_state = stage.method.begin_task(params, method_state, t)
   opt_state = steps['tx'].init(params)
   lr_tree = jax.tree.map(jnp.float32, stage.method.lr_multipliers(params, t))

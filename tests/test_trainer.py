@@ -9,21 +9,15 @@ import sys
 import numpy as np
 import pytest
 
-from cljax import config as config_lib
 from cljax.continual import trainer
 from cljax.errors import ConfigError
+from cljax_testing.helpers import demo_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_config(data_dir, method='norga'):
-  c = config_lib.demo(method)
-  c.benchmark.data_dir = data_dir
-  c.backbone.depth = 3
-  c.task_identity.update(epochs=3, ca_epochs=3)
-  c.prompt.update(epochs=2, ca_epochs=3)
-  c.log_every_steps = 0
-  return c
+  return demo_config(data_dir, method, epochs=(3, 2), ca_epochs=(3, 3), log_every_steps=0)
 
 
 @pytest.fixture(scope='module')
@@ -141,8 +135,9 @@ def test_exported_task_checkpoint_runs_in_the_pytorch_oracle(full_run, tmp_path,
   """`convert export` writes the references' {'model': state_dict}; the oracle loads it strictly
   and gives the logits cljax gives."""
   import torch
-  from cljax import convert, torch_oracle
-  from cljax.continual import task_checkpoints
+  from cljax import convert
+  from cljax_testing import torch_oracle
+  from cljax.continual import saved_stages
   workdir, _ = full_run
   out = tmp_path / 'task5_checkpoint.pth'
   convert.main(['export', workdir, str(out), '--task', '5'])
@@ -152,7 +147,7 @@ def test_exported_task_checkpoint_runs_in_the_pytorch_oracle(full_run, tmp_path,
   model = torch_oracle.PromptedViT(dim=128, depth=3, heads=4, patch=4, image=28, num_classes=10,
                                    prompt_layers=(0, 1, 2), pool=5, length=4, gate='norga', gate_act='tanh')
   model.load_state_dict(state)
-  params = task_checkpoints.load_params(workdir, 4)
+  params = saved_stages.load_params(workdir, 4)
   spec = trainer.Experiment(tiny_config(os.path.dirname(workdir)), workdir, load_data=False).method.model
   x = np.random.default_rng(0).random((4, 28, 28, 3), np.float32)
   idx = np.array([0, 2, 4, 1])

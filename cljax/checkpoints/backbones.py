@@ -21,8 +21,8 @@ import jax
 import numpy as np
 
 from cljax.checkpoints import files, torch_names
-from cljax.errors import CheckpointError
-from cljax.models.vit import VisionTransformer, ViTConfig
+from cljax.errors import CheckpointError, ConfigError
+from cljax.models.vit import VisionTransformer, ViTConfig, vit_config
 
 BACKBONE_PREFIXES = ('cls_token', 'pos_embed', 'patch_embed.', 'blocks.', 'norm.')
 # feat.: the SMoPE repository's learner file (its ViT is ViTZoo.feat).
@@ -215,13 +215,19 @@ def demo_vit_config(**overrides) -> ViTConfig:
                       'image_size': 28, **overrides})
 
 
-def named_vit_config(name: str, **overrides) -> ViTConfig:
-  from cljax.errors import one_of  # pylint: disable=g-import-not-at-top
-  if name not in NAMED:
-    raise one_of('backbone', name, NAMED)
-  info = NAMED[name]
-  overrides.setdefault('final_norm', not info.fc_norm)
-  if info.arch == 'demo':
-    return demo_vit_config(**overrides)
-  from cljax.models.vit import vit_config  # pylint: disable=g-import-not-at-top
-  return vit_config(info.arch, **overrides)
+def run_vit_config(c) -> ViTConfig:
+  """The ViT of a run's config: the named backbone's architecture (or config.model_override) at
+  config.backbone.image_size, cut to its first config.backbone.depth blocks (0 = all). Raises
+  ConfigError for a depth beyond the architecture's."""
+  info = NAMED[c.backbone.name]
+  overrides = dict(image_size=c.backbone.image_size, final_norm=not info.fc_norm)
+  if c.model_override:
+    full = vit_config(c.model_override, **overrides)
+  elif info.arch == 'demo':
+    full = demo_vit_config(**overrides)
+  else:
+    full = vit_config(info.arch, **overrides)
+  if c.backbone.depth > full.depth:
+    raise ConfigError(f'config.backbone.depth={c.backbone.depth} exceeds the {full.depth} blocks of '
+                      f'{c.model_override or c.backbone.name}; use 1..{full.depth} (0 = all)')
+  return dataclasses.replace(full, depth=c.backbone.depth) if c.backbone.depth else full

@@ -18,7 +18,7 @@ computed), so the jitted steps see the same shapes at every task.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterator, Tuple
+from typing import Any, Iterator, Tuple
 
 import flax.struct
 import jax
@@ -116,18 +116,3 @@ def alignment_batches(key, stats: ClassStats, seen: np.ndarray, per_class: int, 
     if len(chunk) < batch_size:   # the references' slices simply run out: stop there
       return
     yield x[chunk], labels[chunk]
-
-
-def contrastive_regulariser(features, feature_mask, means, means_valid, temperature: float = 0.8):
-  """HiDe/NoRGa's regulariser: with M = [stored means; batch features], mean_i CE(M M^T / T, i).
-
-  Rows and columns of invalid means and padded examples are left out, which equals the
-  references' loss over the real rows.
-  """
-  m = jnp.concatenate([means, features], 0)
-  keep = jnp.concatenate([means_valid, feature_mask], 0)
-  sim = (m @ m.T) / temperature
-  sim = jnp.where(keep[None, :], sim, -jnp.inf)
-  logp = jax.nn.log_softmax(sim, axis=-1)
-  nll = -jnp.diagonal(logp)
-  return jnp.sum(jnp.where(keep, nll, 0.0)) / jnp.maximum(keep.sum(), 1)

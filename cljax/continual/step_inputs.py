@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cljax.continual import steps as steps_lib
 from cljax.continual.alignment import ClassStats
 
 
@@ -27,7 +28,7 @@ def train_args(exp, stage, batch: int, t: int = 1, concrete: bool = False, seed:
   """(args, flags) of stage's train step at task t: params, optimizer state, method state,
   backbone, images, labels, mask, t, context, lr, lr_tree. Abstract unless concrete."""
   method = stage.method
-  steps = exp._steps(stage)   # pylint: disable=protected-access
+  steps = exp.stage_steps(stage) 
   images = _images(exp, batch, concrete, seed)
   if concrete:
     params = jax.jit(method.init)(jax.random.PRNGKey(seed))
@@ -48,7 +49,7 @@ def train_args(exp, stage, batch: int, t: int = 1, concrete: bool = False, seed:
   context = {'task_mask': jnp.ones(exp.num_classes, bool), 'seen_mask': jnp.ones(exp.num_classes, bool),
              'means': jnp.asarray(means), 'means_valid': jnp.asarray(valid)}
   flags = method.training_phases(t, stage.cfg.epochs)[-1].flags
-  if exp._reuses_features(stage):   # pylint: disable=protected-access
+  if steps_lib.reuses_features(stage):
     # The step trains the head on features computed once (config.task_identity.reuse_features).
     images = (jax.random.normal(jax.random.PRNGKey(seed + 1), (batch, exp.vit_cfg.embed_dim)) if concrete
               else jax.ShapeDtypeStruct((batch, exp.vit_cfg.embed_dim), jnp.float32))
@@ -65,7 +66,7 @@ def features_args(exp, stage, batch: int, t: int = 1, concrete: bool = False, se
 
 
 def eval_args(exp, batch: int, concrete: bool = False, seed: int = 0):
-  """Args of the prompt stage's evaluation step (`Experiment._eval_step('prompt')`): the
+  """Args of the prompt stage's evaluation step (`evaluation.eval_step(exp, 'prompt')`): the
   whole test-time path, the task-identity forward included where the method has one."""
   stage = exp.stages[-1]
   (params, _, state, backbone, _, labels, mask, _, _, _, _), _ = train_args(

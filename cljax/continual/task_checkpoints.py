@@ -149,7 +149,7 @@ class RunCheckpoints:
     evaluation read them): a truncated or corrupted one is an error now, not at export time.
     Every process takes part (an Orbax restore is collective)."""
     for s in self.saved_tasks:
-      _restore(self.tasks, s, None, self._task_path(s), self._retrain(s))
+      restore_verified(self.tasks, s, None, self._task_path(s), self._retrain(s))
 
   def save(self, step: int, state: Dict[str, Any], stage_params: Dict[str, Any]) -> None:
     host = to_host(state)
@@ -188,7 +188,7 @@ class RunCheckpoints:
     abstract = to_host(template)
     tree = {'state': abstract, 'checksums': checksums(abstract)}
     path = os.path.join(str(self.resume.directory), str(step))
-    restored = _restore(self.resume, step, tree, path, 'delete the workdir to start over')
+    restored = restore_verified(self.resume, step, tree, path, 'delete the workdir to start over')
     return restored['state']
 
   # ------------------------------------------------------------------------- inside a stage
@@ -239,7 +239,7 @@ class RunCheckpoints:
       self.clear_mid_stage()
       return None
     path = os.path.join(str(self.mid.directory), str(latest))
-    restored = _restore(self.mid, latest, None, path,
+    restored = restore_verified(self.mid, latest, None, path,
                         f'delete {path} to resume from the start of {describe(step)}')
     return latest % MID_STAGE_SCALE, restored['progress']
 
@@ -268,7 +268,7 @@ def check_layout(ledger: Dict[str, Any], now: Dict[str, int], path: str) -> None
         f'--workdir')
 
 
-def _restore(manager, step: int, template, path: str, fix: str) -> Dict[str, Any]:
+def restore_verified(manager, step: int, template, path: str, fix: str) -> Dict[str, Any]:
   """Restore and verify the checksums; every failure is a CheckpointError naming the path."""
   try:
     if template is None:    # the saved tree as it is (numpy leaves)
@@ -286,34 +286,3 @@ def _restore(manager, step: int, template, path: str, fix: str) -> Dict[str, Any
 
 def task_directory(workdir: str) -> str:
   return os.path.abspath(os.path.join(workdir, 'checkpoints', 'tasks'))
-
-
-def run_config(workdir: str):
-  """The config a cljax workdir was run with (its config.json)."""
-  from cljax import config as config_lib  # pylint: disable=g-import-not-at-top
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    raise CheckpointError(f'{workdir} holds no cljax run (no config.json)')
-  with open(path) as f:
-    return config_lib.from_json(json.load(f))
-
-
-def load_params(workdir: str, task: int, stage: str = 'prompt', experiment=None):
-  """Grouped params (backbone included) of a finished stage of task ``task`` (0-based), as the
-  references' model held them: for `python -m cljax.convert export` and `cljax.evaluate`
-  (``experiment``: the run's `trainer.Experiment`, built from its config if not given)."""
-  from cljax.continual import trainer  # pylint: disable=g-import-not-at-top
-  if experiment is None:
-    experiment = trainer.Experiment(run_config(workdir), workdir, load_data=False)
-  step = stage_step(task, stage)
-  # Read-only: a run may be writing to this workdir (its temporary directories must stay).
-  manager = ocp.CheckpointManager(task_directory(workdir),
-                                  options=ocp.CheckpointManagerOptions(read_only=True))
-  if step not in manager.all_steps():
-    raise CheckpointError(f'{workdir} has no {stage} checkpoint of task {task + 1} '
-                          f'(completed steps: {sorted(manager.all_steps())})')
-  template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), experiment.stage_template(stage))
-  path = os.path.join(str(manager.directory), str(step))
-  params = _restore(manager, step, {'params': template, 'checksums': checksums(template)}, path,
-                    'that task has to be trained again')['params']
-  return {'backbone': jax.tree.map(np.asarray, experiment.backbone), **params}

@@ -115,3 +115,18 @@ def accuracy(logits, labels, mask):
 def l2_normalize(x, axis=-1, epsilon=1e-12):
   """x / max(||x||, sqrt(eps)) as the references' l2_normalize (rsqrt of clamped square sum)."""
   return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=True), epsilon))
+
+
+def contrastive_regulariser(features, feature_mask, means, means_valid, temperature: float = 0.8):
+  """HiDe/NoRGa's regulariser: with M = [stored means; batch features], mean_i CE(M M^T / T, i).
+
+  Rows and columns of invalid means and padded examples are left out, which equals the
+  references' loss over the real rows.
+  """
+  m = jnp.concatenate([means, features], 0)
+  keep = jnp.concatenate([means_valid, feature_mask], 0)
+  sim = (m @ m.T) / temperature
+  sim = jnp.where(keep[None, :], sim, -jnp.inf)
+  logp = jax.nn.log_softmax(sim, axis=-1)
+  nll = -jnp.diagonal(logp)
+  return jnp.sum(jnp.where(keep, nll, 0.0)) / jnp.maximum(keep.sum(), 1)

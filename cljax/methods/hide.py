@@ -5,17 +5,15 @@ entry per task in the configured layers, trained with the task's own entry; the 
 previous task is copied in at the start of a task; "prompt momentum" mixes in the mean of the
 earlier entries; the loss is the task-masked CE plus a contrastive term against the stored class
 means; NoRGa's gate scalars are learned on task 0 only; at test each example uses the entry of
-the task that the stage-1 model predicts. Stage 1 itself is `cljax.continual.task_identity`.
+the task that the stage-1 model predicts. Stage 1 itself is `cljax.methods.task_identity`.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from cljax.continual.alignment import contrastive_regulariser
-from cljax.methods.base import Method, accuracy, cross_entropy, mask_logits
+from cljax.methods.base import Method, accuracy, contrastive_regulariser, cross_entropy, mask_logits
 from cljax.models.assembly import PromptedViTSpec
 from cljax.models.prompts import PoolSpec
 
@@ -126,5 +124,5 @@ def build_sequential_head(config, vit_cfg, num_classes: int, num_tasks: int) -> 
   """A linear head on the frozen backbone, trained task after task with the task-masked CE and
   evaluated over all classes: the forgetting baseline of the demo (the task-identity model
   without its MLP)."""
-  from cljax.continual.task_identity import frozen_backbone_classifier  # pylint: disable=g-import-not-at-top
+  from cljax.methods.task_identity import frozen_backbone_classifier  # pylint: disable=g-import-not-at-top
   return frozen_backbone_classifier(config.method, config, vit_cfg, num_classes, ())

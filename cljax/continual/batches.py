@@ -1,0 +1,36 @@
+"""The run's batch streams: a task's training or test images, this host's rows of each global
+batch, placed on the mesh (`cljax.data.pipeline`), and cut to config.dry_run_steps in a dry run.
+``exp`` is the run's `cljax.continual.trainer.Experiment`.
+"""
+
+from __future__ import annotations
+
+from cljax import parallel
+from cljax.data import pipeline
+
+
+def limit(exp, iterator, start_batch: int = 0):
+  """The first config.dry_run_steps batches in a dry run (counting from start_batch), else all."""
+  if exp.config.dry_run:
+    return (b for _, b in zip(range(exp.config.dry_run_steps - start_batch), iterator))
+  return iterator
+
+
+def batches(exp, indices, train: bool, seed, shuffle: bool, batch_size: int):
+  """Batches of ``indices`` of the training (train transform) or test set, at ``batch_size``."""
+  it = pipeline.batches(exp.data.train if train else exp.data.test, indices, batch_size,
+                        exp.config.backbone.image_size, train=train, seed=seed, shuffle=shuffle,
+                        rows=parallel.host_rows(batch_size, exp.mesh),
+                        workers=exp.config.data_workers)
+  return pipeline.prefetch(limit(exp, it), exp.data_sharding)
+
+
+def train_batches(exp, indices, train_transform: bool, seed, shuffle, start_batch: int = 0):
+  """Training images (train transform) or training images with the test transform (stats);
+  ``start_batch`` resumes an epoch (its order is a function of the seed)."""
+  it = pipeline.batches(exp.data.train, indices, exp.config.batch_size,
+                        exp.config.backbone.image_size, train=train_transform, seed=seed,
+                        shuffle=shuffle, start_batch=start_batch,
+                        rows=parallel.host_rows(exp.config.batch_size, exp.mesh),
+                        workers=exp.config.data_workers)
+  return pipeline.prefetch(limit(exp, it, start_batch), exp.data_sharding)

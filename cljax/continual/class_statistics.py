@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cljax import parallel
-from cljax.continual import alignment, batches, interrupts
+from cljax.continual import alignment, interrupts, streams
 from cljax.continual import steps as steps_lib
 from cljax.continual.steps import StageSetup
 
@@ -39,7 +39,7 @@ def train_features(exp, features, t: int, train_transform: bool, per_class: bool
     groups = [([k], (exp.config.seed, 9, t, int(k)), True) for k in exp.split.tasks[t]]
   feats, labels = [], []
   for classes, seed, shuffle in groups:
-    for batch in batches.train_batches(exp, exp.data.train.indices_of(classes), train_transform, seed,
+    for batch in streams.train_batches(exp, exp.data.train.indices_of(classes), train_transform, seed,
                                      shuffle=shuffle):
       interrupts.check()
       keep = parallel.to_host(batch.mask)

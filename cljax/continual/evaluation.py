@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cljax import parallel
-from cljax.continual import batches, interrupts
+from cljax.continual import interrupts, streams
 from cljax.continual import steps as steps_lib
 from cljax.data import pipeline
 from cljax.methods import task_identity
@@ -84,7 +84,7 @@ def evaluate(exp, state, t: int, stage_name: str = 'prompt', per_example: bool =
     if stage_name == 'task_identity':    # the stage-1 head alone needs no image
       batches = (pipeline.Batch(None, labels, mask) for labels, mask, _ in cached)
     else:
-      batches = batches.batches(exp, exp.data.test.indices_of(exp.split.tasks[i]), False, (0,), False,
+      batches = streams.batches(exp, exp.data.test.indices_of(exp.split.tasks[i]), False, (0,), False,
                               c.eval_batch_size)
     sums = []
     for b, batch in enumerate(batches):
@@ -113,6 +113,6 @@ def test_features(exp, i: int):
     features = steps_lib.frozen_features(exp, next(s for s in exp.stages if s.name == 'task_identity'))
     indices = exp.data.test.indices_of(exp.split.tasks[i])
     exp.test_cache[i] = [(batch.labels, batch.mask, features(exp.backbone, batch.images))
-                           for batch in batches.batches(exp, indices, False, (0,), False,
+                           for batch in streams.batches(exp, indices, False, (0,), False,
                                                       exp.config.eval_batch_size)]
   return exp.test_cache[i]

@@ -24,7 +24,7 @@ from cljax import config as config_lib
 from cljax import methods as methods_lib
 from cljax import parallel
 from cljax.checkpoints import backbones as backbone_lib
-from cljax.continual import (alignment, batches, class_statistics, evaluation, interrupts,
+from cljax.continual import (alignment, class_statistics, evaluation, interrupts, streams,
                              run_outputs, stage_training, task_checkpoints, workdir_claim,
                              workdir_lock)
 from cljax.continual import steps as steps_lib
@@ -88,7 +88,7 @@ class Experiment:
   eval_step = evaluation.eval_step
   test_features = evaluation.test_features
   evaluate = evaluation.evaluate
-  batches = batches.batches
+  batches = streams.batches
   results = run_outputs.results
 
   def load_backbone(self):

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cljax import optim, parallel
-from cljax.continual import batches, class_statistics, interrupts
+from cljax.continual import class_statistics, interrupts, streams
 from cljax.continual import steps as steps_lib
 from cljax.continual.steps import StageSetup
 from cljax.data import pipeline
@@ -104,7 +104,7 @@ def train_stage(exp, stage: StageSetup, stage_state, t: int, resume=None, save=N
     if timing is not None:
       start -= float(timing[1])
     tag = f'[{stage.name}{"/" + phase.name if phase.name != "train" else ""}]'
-    global_step = global_step(exp, stage, t, p_index, n_batches)
+    global_step = steps_before(exp, stage, t, p_index, n_batches)
     for epoch in range(epochs):
       if position and epoch < position['epoch']:
         continue
@@ -117,11 +117,11 @@ def train_stage(exp, stage: StageSetup, stage_state, t: int, resume=None, save=N
       where = dict(stage=stage.name, task=t, epoch=epoch, epochs=epochs, n_batches=n_batches)
       if reuse:
         feats, labels = class_statistics.frozen_train_features(exp, stage, t)
-        batches = pipeline.prefetch(batches.limit(exp, pipeline.feature_batches(
+        batches = pipeline.prefetch(streams.limit(exp, pipeline.feature_batches(
             feats, labels, c.batch_size, seed, shuffle=True, start_batch=first,
             rows=parallel.host_rows(c.batch_size, exp.mesh)), first), exp.data_sharding)
       else:
-        batches = batches.train_batches(exp, indices, True, seed, shuffle=True, start_batch=first)
+        batches = streams.train_batches(exp, indices, True, seed, shuffle=True, start_batch=first)
       exp.where = f'the {stage.name} stage of task {t + 1} (epoch {epoch + 1}/{epochs})'
       for b, batch in enumerate(batches, start=first):
         interrupts.check()
@@ -165,7 +165,7 @@ def train_stage(exp, stage: StageSetup, stage_state, t: int, resume=None, save=N
   return {**stage_state, 'params': params, 'method_state': method_state}
 
 
-def global_step(exp, stage: StageSetup, t: int, phase_index: int, n_batches: int) -> int:
+def steps_before(exp, stage: StageSetup, t: int, phase_index: int, n_batches: int) -> int:
   """Optimizer steps of this stage before task t's phase `phase_index`: a TensorBoard step
   that is monotone over the run and the same after a resume."""
   c, total = exp.config, 0
@@ -182,10 +182,14 @@ def global_step(exp, stage: StageSetup, t: int, phase_index: int, n_batches: int
 
 def pass_runner(exp, stage, indices, t):
   """run_pass(fn, carry): fold a jitted fn over task t's training batches (train transform,
-  shuffled, as the references' loaders), for bookkeeping such as SMoPE's usage counts."""
+  shuffled, as the references' loaders), for bookkeeping such as SMoPE's usage counts. ``fn``
+  is jitted once per run (a method passes the same function at every task)."""
   def run_pass(fn, carry, params, method_state):
-    jitted = exp.jit(fn)
-    for batch in batches.train_batches(exp, indices, True, (exp.config.seed, 11, t), shuffle=True):
+    key = ('pass', stage.name, fn)
+    if key not in exp.jitted:
+      exp.jitted[key] = exp.jit(fn)
+    jitted = exp.jitted[key]
+    for batch in streams.train_batches(exp, indices, True, (exp.config.seed, 11, t), shuffle=True):
       carry = jitted(params, method_state, exp.backbone, batch.images, batch.mask, carry)
     return carry
   return run_pass

@@ -10,7 +10,7 @@ trainer knows no method by name: it calls the `Method`'s pure functions. Where t
   class_statistics.py  the statistics pass over a task's training images
   evaluation.py        a column of the accuracy matrix, and the test-feature cache
   run_outputs.py       log lines, metrics, plots and results.json after each task
-  batches.py           the batch streams;  task_checkpoints.py  Orbax checkpoints and ledger
+  streams.py           the batch streams;  task_checkpoints.py  Orbax checkpoints and ledger
   workdir_claim.py     whose run a workdir holds;  workdir_lock.py  one live run per workdir
 """
 

@@ -153,18 +153,20 @@ def build(config, vit_cfg, num_classes: int, num_tasks: int) -> Method:
       return [Phase('dense', int(0.5 * epochs), (('dense', True),)), Phase('train', epochs)]
     return [Phase('train', epochs)]
 
+  def count(params, state, backbone, images, mask, freq):
+    # The references update the counts batch by batch, and the forward reads them.
+    _, _, router = forward(params, dict(state, freq=freq), backbone, images, train=False)
+    full = mask.all()
+    for j, l in enumerate(layers):
+      _, idx = jax.lax.top_k(router[l]['scores'], top_k)                  # [B, H, K]
+      hits = jax.nn.one_hot(idx, experts, dtype=jnp.int32).sum(axis=(0, 2))   # [H, E]
+      freq = freq.at[j].add(jnp.where(full, hits, 0))
+    return freq
+
   def after_training(params, state, t, run_pass):
     """Count, over the task's training data, how often each expert is in an example's raw top-K
-    (full batches only: the references' loader drops the last partial one)."""
-    def count(params, state, backbone, images, mask, freq):
-      # The references update the counts batch by batch, and the forward reads them.
-      _, _, router = forward(params, dict(state, freq=freq), backbone, images, train=False)
-      full = mask.all()
-      for j, l in enumerate(layers):
-        _, idx = jax.lax.top_k(router[l]['scores'], top_k)                  # [B, H, K]
-        hits = jax.nn.one_hot(idx, experts, dtype=jnp.int32).sum(axis=(0, 2))   # [H, E]
-        freq = freq.at[j].add(jnp.where(full, hits, 0))
-      return freq
+    (full batches only: the references' loader drops the last partial one). One `count` for
+    every task, so the pass compiles once per run."""
     freq = run_pass(count, jnp.asarray(state['freq']), params, state)
     return dict(state, freq=freq)
 

@@ -119,7 +119,7 @@ def test_cljax_runs_without_torch(tmp_path):
          '--config.prompt.epochs=1']
   script = ('import runpy, sys\n'
             'sys.modules["torch"] = None    # any `import torch` raises ImportError\n'
-            'import cljax, cljax.api, cljax.evaluate, cljax.convert, cljax.report\n'
+            'import cljax, cljax.api, cljax.convert, cljax.report\n'   # cljax.evaluate defines main's flags
             f'sys.argv = ["cljax.main"] + {cut!r}\n'
             'runpy.run_module("cljax.main", run_name="__main__")\n')
   out = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, cwd=ROOT,

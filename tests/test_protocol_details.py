@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cljax import config as config_lib
-from cljax.continual import trainer
+from cljax.continual import class_statistics, trainer
 from cljax.models.heads import Classifier
 
 
@@ -83,9 +83,9 @@ def test_update_statistics_picks_the_batching(method, batches, expected, monkeyp
     seen['per_class'] = per_class
     return np.zeros((2, exp.vit_cfg.embed_dim), np.float32), np.array([exp.split_classes[0]] * 2)
   exp.split_classes = [0]
-  monkeypatch.setattr(exp, '_train_features', fake)
-  monkeypatch.setattr(exp, '_steps', lambda stage: {'features': None})
-  monkeypatch.setattr(trainer.alignment, 'update_statistics', lambda stats, *a, **k: stats)
+  monkeypatch.setattr(class_statistics, 'train_features', lambda _exp, *a, **k: fake(*a, **k))
+  monkeypatch.setattr(class_statistics.steps_lib, 'stage_steps', lambda _exp, stage: {'features': None})
+  monkeypatch.setattr(class_statistics.alignment, 'update_statistics', lambda stats, *a, **k: stats)
 
   class Split:
     tasks = [[0, 1]]

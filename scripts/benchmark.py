@@ -2,7 +2,7 @@
 
   python scripts/benchmark.py                 # default: every method at ViT-Ti/16, NoRGa at
                                               # ViT-B/16; batch 8 on CPU, 128 on GPU
-  python scripts/benchmark.py --quick         # ViT-Ti, NoRGa only, 2 repeats (CI smoke run)
+  python scripts/benchmark.py --quick         # ViT-Ti at 64x64, NoRGa only, 2 repeats (CI smoke run)
   python scripts/benchmark.py --dtype bfloat16 --torch-compile --models b --methods all   # GPU
   python scripts/benchmark.py --models ti --methods norga --variant dtype=bfloat16 --variant attention=fused
   python scripts/benchmark.py --models b --methods norga,hideprompt,smope --rounds 2 \
@@ -118,10 +118,11 @@ def flops_of(lowered) -> float:
 
 # ----------------------------------------------------------------------------- cljax side
 
-def experiment(method: str, model: str, batch: int, overrides):
+def experiment(method: str, model: str, batch: int, overrides, image_size: int = 224):
   """The trainer's Experiment for the paper config of (Split ImageNet-R, method), resized."""
   c = config_lib.paper('imr', method, 'sup21k')
   c.model_override = MODELS[model]
+  c.backbone.image_size = image_size
   c.dry_run = True      # random backbone weights: no file is read
   c.batch_size = c.eval_batch_size = batch
   c.num_devices = 1
@@ -534,7 +535,8 @@ def parse(argv=None):
   p.add_argument('--torch-compile', action='store_true', help='also time torch.compile of the steps')
   p.add_argument('--torch-amp', action='store_true', help='torch.compile under bf16 autocast (AMP)')
   p.add_argument('--no-torch', action='store_true', help='time cljax alone')
-  p.add_argument('--quick', action='store_true', help='ViT-Ti, NoRGa, 2 repeats: a smoke run')
+  p.add_argument('--quick', action='store_true', help='ViT-Ti at 64x64, NoRGa, 2 repeats: a smoke run')
+  p.add_argument('--image-size', type=int, default=224, help='input resolution of the timed models')
   p.add_argument('--out-dir', default=os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'benchmarks'))
   p.add_argument('--tag', default='', help='suffix of the output file names')
   p.add_argument('--reference-repo', action='append', default=[], metavar='PATH',
@@ -569,7 +571,7 @@ def fmt(x, digits=1):
 def main(argv=None):
   args = parse(argv)
   if args.quick:
-    args.repeats = 2
+    args.repeats, args.image_size = 2, 64
   on_gpu = jax.devices()[0].platform == 'gpu'
   base = {'dtype': args.dtype, 'attention': args.attention}
   variant_overrides = {v: dict(kv.split('=', 1) for kv in v.split(',')) for v in args.variant}
@@ -600,8 +602,9 @@ def main(argv=None):
     torch_version = torch.__version__
   rows, rates_by = [], {}
   for model, method in plan(args):
-    exp = experiment(method, model, batch, base)
-    variants = {label: experiment(method, model, batch, {**base, **o}) for label, o in variant_overrides.items()}
+    exp = experiment(method, model, batch, base, args.image_size)
+    variants = {label: experiment(method, model, batch, {**base, **o}, args.image_size)
+                for label, o in variant_overrides.items()}
     torch_side = None if args.no_torch else TorchSide(exp, batch, False)
     torch_comp = (TorchSide(exp, batch, True, amp=args.torch_amp)
                   if args.torch_compile and not args.no_torch else None)
@@ -662,7 +665,7 @@ def main(argv=None):
            '',
            f'{datetime.date.today().isoformat()}; {jax.devices()[0].device_kind}; {platform.processor() or platform.machine()}, '
            f'{os.cpu_count()} cores; jax {jax.__version__}' + (f', torch {torch_version}' if torch_version else '') +
-           f'; batch {batch}; cljax dtype {args.dtype}; image 224; median of {args.repeats} steps after a warm-up; '
+           f'; batch {batch}; cljax dtype {args.dtype}; image {args.image_size}; median of {args.repeats} steps after a warm-up; '
            f'measured matmul peak {peak / 1e9:.0f} GFLOP/s ({args.dtype}).',
            f'Command: `python scripts/benchmark.py {" ".join(sys.argv[1:] if argv is None else argv)}`'.replace('  ', ' '),
            '',
@@ -680,7 +683,7 @@ def main(argv=None):
                   if not r.get('reference') else ' - |' * len(variant_overrides)))
   if repos:
     lines += ['', reference_note(args, rows, repos, load_start, load_end)]
-  pipe = host_pipeline_rate(batch)
+  pipe = host_pipeline_rate(batch, args.image_size)
   print(f'host input pipeline (decoded images, train transform, {os.cpu_count()} cores): {pipe:.0f} img/s', flush=True)
   proj_rows = []
   for (model, method), rates in rates_by.items():

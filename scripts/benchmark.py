@@ -133,7 +133,7 @@ def experiment(method: str, model: str, batch: int, overrides, image_size: int =
 
 def cljax_train(exp, stage, batch):
   """(call, info) of the stage's compiled train step on random inputs."""
-  step = exp.stage_steps(stage)['train'] 
+  step = exp.stage_steps(stage)['train']
   args, flags = step_inputs.train_args(exp, stage, batch, t=1, concrete=True)
   lowered = step.lower(*args, flags=flags)
   t0 = time.perf_counter()
@@ -150,7 +150,7 @@ def cljax_train(exp, stage, batch):
 
 def cljax_eval(exp, batch):
   """(call, info) of the compiled evaluation step on random inputs."""
-  step = exp.eval_step('prompt', per_example=False) 
+  step = exp.eval_step('prompt', per_example=False)
   args = step_inputs.eval_args(exp, batch, concrete=True)
   lowered = step.lower(*args)
   t0 = time.perf_counter()
@@ -177,7 +177,7 @@ def cljax_step(exp, stage_name: str, kind: str, batch: int):
 
 def time_cljax_alignment(exp, stage, repeats):
   """One classifier-alignment step (Gaussian replay of ca_samples features), for projections."""
-  steps = exp.stage_steps(stage) 
+  steps = exp.stage_steps(stage)
   params = jax.jit(stage.method.init)(jax.random.PRNGKey(0))
   opt = steps['ca_tx'].init(params)
   lr_tree = jax.tree.map(lambda _: jnp.float32(1.0), params)

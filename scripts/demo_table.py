@@ -42,10 +42,11 @@ def main(argv=None):
       workdirs[method], _ = seeds.run_seeds(config, os.path.join(args.root, method), seed_list)
     text = report.render(report.aggregate(report.load_runs(
         [w for m in methods for w in workdirs[m]])), 'markdown')
-    seconds = {}
-    for method in methods:   # what each run's last invocation took (a reused run: its report)
-      seconds[method] = [json.load(open(os.path.join(w, 'results.json')))['seconds_this_invocation']
-                         for w in workdirs[method]]
+    seconds = {m: [] for m in methods}   # each run's last invocation (a reused run: its report)
+    for method in methods:
+      for w in workdirs[method]:
+        with open(os.path.join(w, 'results.json')) as f:
+          seconds[method].append(json.load(f)['seconds_this_invocation'])
     report.write_table(args.out, text + '\n\nTraining time per run on the machine that made this table '
                        '(2-core CPU; results.json\'s seconds_this_invocation: a reused, finished run '
                        'counts its report only):\n\n' + '\n'.join(

@@ -54,7 +54,7 @@ def main():
   if '--xla_cpu_enable_xprof_traceme=true' not in os.environ.get('XLA_FLAGS', ''):
     print('no trace: set XLA_FLAGS=--xla_cpu_enable_xprof_traceme=true before jax starts')
     return
-  step = exp.stage_steps(stage)['train'] 
+  step = exp.stage_steps(stage)['train']
   step_args, flags = step_inputs.train_args(exp, stage, args.batch, t=1, concrete=True)
   hlo = step.lower(*step_args, flags=flags).compile().as_text()
   origin = {m.group(1): m.group(2) for m in re.finditer(

@@ -49,7 +49,7 @@ def _results(exp, acc):
   T = exp.num_tasks
   state['accuracy'][:] = acc
   state['step'] = np.array(task_checkpoints.stage_step(T - 1, 'prompt'), np.int32)
-  return exp.results(state, 0.0) 
+  return exp.results(state, 0.0)
 
 
 # Task 1 is best at the end: HiDe's forgetting counts it 0, SMoPE's 90 - 95 = -5.

@@ -15,6 +15,7 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from cljax.continual import trainer  # pylint: disable=wrong-import-position
+from cljax.continual.steps import step_context  # pylint: disable=wrong-import-position
 from cljax.data import pipeline  # pylint: disable=wrong-import-position
 from cljax.errors import ConfigError  # pylint: disable=wrong-import-position
 from cljax_testing.helpers import demo_config, load_script  # pylint: disable=wrong-import-position
@@ -45,11 +46,11 @@ def data_dir(tmp_path_factory):
 
 def cljax_losses(exp, stage, params, method_state, stats, t, batches):
   """The trainer's jitted step over batches from (params, method_state) at task t."""
-  steps = exp.stage_steps(stage) 
+  steps = exp.stage_steps(stage)
   params, method_state = stage.method.begin_task(params, method_state, t)
   opt_state = steps['tx'].init(params)
   lr_tree = jax.tree.map(jnp.float32, stage.method.lr_multipliers(params, t))
-  context = trainer.step_context(exp.split, stats, t)
+  context = step_context(exp.split, stats, t)
   lr = jnp.float32(stage.cfg.lr * stage.lr_scale)
   losses = []
   for b in batches:

@@ -21,7 +21,7 @@ def frozen_train_features(exp, stage: StageSetup, t: int):
   computed once per task: with reuse_features, what stage 1 trains on and summarises."""
   if exp.stage_features.get(stage.name, (None,))[0] != t:
     features = steps_lib.frozen_features(exp, stage)
-    exp.stage_features[stage.name] = (t,) + train_features(exp, 
+    exp.stage_features[stage.name] = (t,) + train_features(exp,
         lambda batch: features(exp.backbone, batch.images), t, train_transform=False)
   return exp.stage_features[stage.name][1:]
 
@@ -57,7 +57,7 @@ def update_statistics(exp, stage: StageSetup, stage_state, t: int):
   if steps_lib.reuses_features(stage):   # the very features stage 1 just trained on
     feats, labels = frozen_train_features(exp, stage, t)
   else:
-    feats, labels = train_features(exp, 
+    feats, labels = train_features(exp,
         lambda batch: steps['features'](stage_state['params'], stage_state['method_state'],
                                         exp.backbone, batch.images, t_arr, batch.mask),
         t, stage.method.statistics_train_transform,

@@ -117,9 +117,9 @@ def train_stage(exp, stage: StageSetup, stage_state, t: int, resume=None, save=N
       where = dict(stage=stage.name, task=t, epoch=epoch, epochs=epochs, n_batches=n_batches)
       if reuse:
         feats, labels = class_statistics.frozen_train_features(exp, stage, t)
-        batches = pipeline.prefetch(streams.limit(exp, pipeline.feature_batches(
+        batches = streams.placed(exp, pipeline.feature_batches(
             feats, labels, c.batch_size, seed, shuffle=True, start_batch=first,
-            rows=parallel.host_rows(c.batch_size, exp.mesh)), first), exp.data_sharding)
+            rows=parallel.host_rows(c.batch_size, exp.mesh)), first)
       else:
         batches = streams.train_batches(exp, indices, True, seed, shuffle=True, start_batch=first)
       exp.where = f'the {stage.name} stage of task {t + 1} (epoch {epoch + 1}/{epochs})'

@@ -28,7 +28,7 @@ def train_args(exp, stage, batch: int, t: int = 1, concrete: bool = False, seed:
   """(args, flags) of stage's train step at task t: params, optimizer state, method state,
   backbone, images, labels, mask, t, context, lr, lr_tree. Abstract unless concrete."""
   method = stage.method
-  steps = exp.stage_steps(stage) 
+  steps = exp.stage_steps(stage)
   images = _images(exp, batch, concrete, seed)
   if concrete:
     params = jax.jit(method.init)(jax.random.PRNGKey(seed))

@@ -16,21 +16,27 @@ def limit(exp, iterator, start_batch: int = 0):
   return iterator
 
 
+def placed(exp, iterator, start_batch: int = 0):
+  """``iterator``'s batches, cut for a dry run, prefetched onto the mesh."""
+  return pipeline.prefetch(limit(exp, iterator, start_batch), exp.data_sharding)
+
+
+def _images(exp, dataset, indices, batch_size: int, train_transform: bool, seed, shuffle: bool,
+            start_batch: int = 0):
+  return placed(exp, pipeline.batches(
+      dataset, indices, batch_size, exp.config.backbone.image_size, train=train_transform,
+      seed=seed, shuffle=shuffle, start_batch=start_batch,
+      rows=parallel.host_rows(batch_size, exp.mesh), workers=exp.config.data_workers), start_batch)
+
+
 def batches(exp, indices, train: bool, seed, shuffle: bool, batch_size: int):
   """Batches of ``indices`` of the training (train transform) or test set, at ``batch_size``."""
-  it = pipeline.batches(exp.data.train if train else exp.data.test, indices, batch_size,
-                        exp.config.backbone.image_size, train=train, seed=seed, shuffle=shuffle,
-                        rows=parallel.host_rows(batch_size, exp.mesh),
-                        workers=exp.config.data_workers)
-  return pipeline.prefetch(limit(exp, it), exp.data_sharding)
+  return _images(exp, exp.data.train if train else exp.data.test, indices, batch_size, train, seed,
+                 shuffle)
 
 
 def train_batches(exp, indices, train_transform: bool, seed, shuffle, start_batch: int = 0):
   """Training images (train transform) or training images with the test transform (stats);
   ``start_batch`` resumes an epoch (its order is a function of the seed)."""
-  it = pipeline.batches(exp.data.train, indices, exp.config.batch_size,
-                        exp.config.backbone.image_size, train=train_transform, seed=seed,
-                        shuffle=shuffle, start_batch=start_batch,
-                        rows=parallel.host_rows(exp.config.batch_size, exp.mesh),
-                        workers=exp.config.data_workers)
-  return pipeline.prefetch(limit(exp, it, start_batch), exp.data_sharding)
+  return _images(exp, exp.data.train, indices, exp.config.batch_size, train_transform, seed,
+                 shuffle, start_batch)

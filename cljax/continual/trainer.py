@@ -22,7 +22,6 @@ from cljax import compilation_cache, config as config_lib
 from cljax import parallel
 from cljax.continual import dry_run, workdir_claim, workdir_lock
 from cljax.continual.experiment import Experiment
-from cljax.continual.steps import StageSetup, step_context, train_step_fn  # pylint: disable=unused-import
 
 
 def run(config, workdir: str, joined: Optional[str] = None) -> Dict[str, Any]:

@@ -75,6 +75,8 @@ def _exit_now(status: int) -> None:
 
 
 def run():
+  from cljax import host_memory  # pylint: disable=g-import-not-at-top
+  host_memory.reexec_with_huge_pages([sys.executable, '-m', 'cljax.main'] + sys.argv[1:])
   from cljax import launch  # pylint: disable=g-import-not-at-top
   try:
     supervised = launch.needs_supervisor()

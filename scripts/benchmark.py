@@ -59,11 +59,16 @@ import subprocess
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+from cljax import host_memory
 
-from cljax import config as config_lib
+if __name__ == '__main__':   # before jax or torch start threads (see cljax.host_memory)
+  host_memory.reexec_with_huge_pages([sys.executable] + sys.argv)
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from cljax import config as config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from cljax.continual import step_inputs, trainer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -411,8 +416,9 @@ def reference_rows(args, batch: int, repos):
   time is the median of all its timed calls over the rounds (each process warms up first)."""
   here = os.path.abspath(__file__)
   ref_script = os.path.join(os.path.dirname(here), 'reference_step.py')
-  # The original's process sees nothing of cljax's: no PYTHONPATH that may point at this tree.
-  ref_env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+  # The original's process sees nothing of cljax's: no PYTHONPATH that may point at this tree,
+  # and its allocator runs as the user's shell started it (cljax's huge pages are cljax's).
+  ref_env = {k: v for k, v in host_memory.as_started(os.environ).items() if k != 'PYTHONPATH'}
   rows = []
   for model, method in plan(args):
     owner = next(((p, n, py) for p, n, ms, py in repos if method in ms), None)

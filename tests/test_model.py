@@ -108,3 +108,49 @@ def test_reference_kv_layout_with_padding_pairs_within_real_examples():
   np.testing.assert_array_equal(padded_values[:, :3], values)
   assert keys[0, :, 0, 0, 0].tolist() == [0, 2, 6]      # chunks K0 K1 K2 V0 V1 V2 -> 0, 2, 6
   assert values[0, :, 0, 0, 0].tolist() == [1, 5, 7]
+
+
+@pytest.mark.parametrize('attention', ['explicit', 'fused'])
+def test_the_last_block_computing_only_the_pooled_token_changes_no_feature_or_gradient(attention):
+  # return_tokens=True runs every block whole; the pooled call computes the last block's
+  # query, attention row and MLP for the pooled token alone. Same features and prompt gradients.
+  cfg = ViTConfig(embed_dim=32, depth=3, num_heads=4, patch_size=8, image_size=16)
+  vit = VisionTransformer(cfg, attention=attention)
+  images = jax.random.normal(jax.random.PRNGKey(0), (3, 16, 16, 3))
+  params = vit.init(jax.random.PRNGKey(1), images)
+  k = jax.random.split(jax.random.PRNGKey(2), 4)
+  norga = prefix_lib.Prefix(jax.random.normal(k[0], (3, 4, 2, 8)), jax.random.normal(k[1], (3, 4, 2, 8)),
+                            tau=jnp.float32(1.3), alpha=jnp.float32(0.4), gate='norga', activation='tanh')
+  linear = prefix_lib.Prefix(jax.random.normal(k[2], (1, 4, 2, 8)), jax.random.normal(k[3], (1, 4, 2, 8)))
+  tokens = jax.random.normal(k[0], (1, 5, 32))
+  cases = [{}, {'prefixes': {2: norga, 0: linear}}, {'prefixes': {2: linear}},
+           {'prompt_tokens': {0: tokens}}, {'prompt_tokens': {2: tokens}, 'prefixes': {1: norga}}]
+  for kwargs in cases:
+    pooled, _ = vit.apply(params, images, **kwargs)
+    whole, aux = vit.apply(params, images, return_tokens=True, **kwargs)
+    assert pooled.shape == (3, 32)
+    np.testing.assert_allclose(pooled, whole, atol=2e-6)
+    num_prepended = sum(t.shape[1] for t in kwargs.get('prompt_tokens', {}).values())
+    np.testing.assert_allclose(pooled, aux['tokens'][:, num_prepended], atol=2e-6)
+
+  def pooled_sum(prefix, return_tokens):
+    return vit.apply(params, images, prefixes={2: prefix}, return_tokens=return_tokens)[0].sum()
+  g_pooled = jax.grad(pooled_sum)(norga, False)
+  g_whole = jax.grad(pooled_sum)(norga, True)
+  for a, b in zip(jax.tree.leaves(g_pooled), jax.tree.leaves(g_whole)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_sparse_experts_in_the_last_block_keep_it_whole():
+  # SMoPE scores experts with the mean query over all tokens: a pooled-only last block would
+  # change which experts are chosen, so that block runs whole.
+  cfg = ViTConfig(embed_dim=32, depth=2, num_heads=4, patch_size=8, image_size=16)
+  vit = VisionTransformer(cfg)
+  images = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 3))
+  params = vit.init(jax.random.PRNGKey(1), images)
+  k = jax.random.split(jax.random.PRNGKey(3), 2)
+  experts = prefix_lib.SparseExperts(jax.random.normal(k[0], (6, 4, 8)), jax.random.normal(k[1], (6, 4, 8)), top_k=2)
+  pooled, aux = vit.apply(params, images, prefixes={1: experts})
+  whole, aux_whole = vit.apply(params, images, prefixes={1: experts}, return_tokens=True)
+  np.testing.assert_array_equal(aux['router'][1]['selected'], aux_whole['router'][1]['selected'])
+  np.testing.assert_allclose(pooled, whole, atol=2e-6)

@@ -102,19 +102,22 @@ class Attention(nn.Module):
   attention: str = 'explicit'    # 'fused': jax.nn.dot_product_attention where exact (prefix.fusable)
 
   @nn.compact
-  def __call__(self, x, prefix=None):
+  def __call__(self, x, prefix=None, query_row=None):
+    """x [B,N,D] -> ([B,N,D], aux); with query_row=r only token r's output, [B,1,D] (the
+    queries of the other tokens are not computed; keys and values still come from all)."""
     batch, tokens, dim = x.shape
     head_dim = dim // self.num_heads
     qkv = nn.Dense(3 * dim, kernel_init=_trunc_normal, dtype=self.dtype, name='qkv')(x)
     qkv = qkv.reshape(batch, tokens, 3, self.num_heads, head_dim)
+    rows = slice(None) if query_row is None else slice(query_row, query_row + 1)
     if self.attention == 'fused' and prefix_lib.fusable(prefix):
-      out, aux = prefix_lib.attend_fused(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], head_dim ** -0.5, prefix), {}
+      out, aux = prefix_lib.attend_fused(qkv[:, rows, 0], qkv[:, :, 1], qkv[:, :, 2], head_dim ** -0.5, prefix), {}
     else:
       qkv = qkv.transpose(2, 0, 3, 1, 4)
-      q, k, v = qkv[0], qkv[1], qkv[2]                             # [B,H,N,d]
+      q, k, v = qkv[0][:, :, rows], qkv[1], qkv[2]                 # [B,H,N,d]
       out, aux = prefix_lib.attend(q, k, v, head_dim ** -0.5, prefix)
       out = out.transpose(0, 2, 1, 3)
-    out = out.reshape(batch, tokens, dim)
+    out = out.reshape(batch, -1, dim)
     return nn.Dense(dim, kernel_init=_trunc_normal, dtype=self.dtype, name='proj')(out), aux
 
 
@@ -149,9 +152,12 @@ class Block(nn.Module):
   attention: str = 'explicit'
 
   @nn.compact
-  def __call__(self, x, prefix=None):
+  def __call__(self, x, prefix=None, query_row=None):
+    """x [B,N,D] -> ([B,N,D], aux), or only token query_row's output [B,1,D] (see Attention)."""
     y, aux = Attention(self.num_heads, self.dtype, self.attention, name='attn')(
-        layer_norm('norm1', dtype=self.dtype)(x), prefix)
+        layer_norm('norm1', dtype=self.dtype)(x), prefix, query_row)
+    if query_row is not None:
+      x = x[:, query_row:query_row + 1]
     x = x + y
     x = x + Mlp(self.mlp_hidden, self.dtype, name='mlp')(layer_norm('norm2', dtype=self.dtype)(x))
     return x, aux
@@ -188,13 +194,20 @@ class VisionTransformer(nn.Module):
 
     router = {}
     num_prepended = 0
+    pooled_only = False
     for i in range(cfg.depth):
       if i in prompt_tokens:
         tokens = jnp.broadcast_to(prompt_tokens[i], (batch,) + prompt_tokens[i].shape[1:])
         x = jnp.concatenate([tokens.astype(x.dtype), x], axis=1)
         num_prepended += tokens.shape[1]
+      # Only the pooled token leaves the last block, and every op after its attention is
+      # per token: that block computes the pooled token's query, attention row and MLP alone
+      # (about 1/16 of the forward and backward at ViT-B/16). Exact, up to float rounding.
+      # SMoPE's experts score the mean query over all tokens, so their layers stay whole.
+      pooled_only = (i == cfg.depth - 1 and not return_tokens
+                     and not isinstance(prefixes.get(i), prefix_lib.SparseExperts))
       x, aux = Block(cfg.num_heads, int(cfg.embed_dim * cfg.mlp_ratio), self.dtype, self.attention,
-                     name=f'blocks_{i}')(x, prefixes.get(i))
+                     name=f'blocks_{i}')(x, prefixes.get(i), num_prepended if pooled_only else None)
       if aux:
         router[i] = aux
     if cfg.final_norm:
@@ -202,4 +215,4 @@ class VisionTransformer(nn.Module):
     out = {'router': router}
     if return_tokens:
       out['tokens'] = x
-    return x[:, num_prepended], out
+    return x[:, 0 if pooled_only else num_prepended], out

@@ -3,8 +3,9 @@
 XLA:CPU allocates a step's activations afresh at every call (about 1.5 GB for NoRGa's ViT-B/16
 train step at batch 8), and glibc maps blocks that large with mmap and returns them at free. With
 4 KiB pages every step then faults its whole working set in again: 376k faults a step, about
-2.3 us each in a virtual machine (0.9 s of a 7 s step on a 2-core CPU). glibc's `glibc.malloc.hugetlb=1` tunable makes malloc ask for transparent huge pages
-(madvise), which cuts the faults 300-fold; numbers are unchanged. The tunable is read when a
+2.3 us each in a virtual machine (0.9 s of a 7 s step on a 2-core CPU). glibc's
+`glibc.malloc.hugetlb=1` tunable makes malloc ask for transparent huge pages (madvise), which
+cuts the faults 300-fold; numbers are unchanged. The tunable is read when a
 process starts, so an entry point that wants it re-executes itself once with it set.
 
 Only Linux with glibc and the kernel's THP mode `madvise` is affected ('always' already gives

@@ -15,7 +15,7 @@ import sys
 
 def cpu_vector_isa() -> str:
   """'avx512', 'avx2' or '' from /proc/cpuinfo: machines of the same core count differ 2-4x in
-  matmul peak by it (390 vs ~110 GFLOP/s on the 2-core hosts measured), so reports name it."""
+  matmul peak by it (390 vs 135 GFLOP/s on the 2-core hosts measured), so reports name it."""
   try:
     with open('/proc/cpuinfo') as f:
       flags = next((line.split(':', 1)[1].split() for line in f if line.startswith('flags')), [])

@@ -1,6 +1,7 @@
 """cljax.host_memory: when an entry point re-executes itself with glibc's huge-page tunable."""
 
 import os
+import platform
 import subprocess
 import sys
 
@@ -46,7 +47,7 @@ def test_reexec_runs_the_same_command_with_the_tunable(tmp_path):
   env = {k: v for k, v in os.environ.items() if k not in ('GLIBC_TUNABLES', host_memory.ADDED)}
   out = subprocess.run([sys.executable, str(script), 'a', 'b'], capture_output=True, text=True,
                        env=env, check=True).stdout.splitlines()
-  expected = host_memory.tuned_environment(env, host_memory._thp_mode(), __import__('platform').libc_ver())
+  expected = host_memory.tuned_environment(env, host_memory._thp_mode(), platform.libc_ver())
   if expected is None:
     assert out == ['start -', "args ['a', 'b']"]
   else:

@@ -119,7 +119,11 @@ def test_two_processes_give_the_numbers_of_one_process_with_two_devices(runs):
 def test_kill_of_one_process_stops_the_other_and_a_rerun_resumes(runs):
   workdir = str(runs['root'] / 'killed')
   # Two of the three tasks (their numbers do not depend on the third's), killed in the second.
-  flags = ['--config.checkpoint_every_steps=4', '--config.stop_after_task=2']
+  # A process that is not inside a collective when its peer dies is stopped by JAX's heartbeat
+  # timeout, max(10, distributed_timeout_s) s (parallel.initialize_distributed): 40 s keeps that
+  # inside the 60 s asserted below (with the default 120 s this timed out on a loaded host).
+  flags = ['--config.checkpoint_every_steps=4', '--config.stop_after_task=2',
+           '--config.distributed_timeout_s=40']
   procs = run_two(workdir, flags)
   mid = os.path.join(workdir, 'checkpoints', 'mid_stage')
   deadline = time.time() + 300

@@ -128,7 +128,7 @@ def train_stage(exp, stage: StageSetup, stage_state, t: int, resume=None, save=N
         lr = lr_at(iteration)
         params, opt_state, m = steps['train'](params, opt_state, method_state, exp.backbone,
                                               batch.images, batch.labels, batch.mask, t_arr,
-                                              context, jnp.float32(lr), lr_tree, flags=phase.flags)
+                                              context, np.float32(lr), lr_tree, flags=phase.flags)
         iteration += 1
         for k, v in m.items():
           sums[k] = sums.get(k, 0.0) + v
@@ -231,8 +231,9 @@ def align(exp, stage: StageSetup, stage_state, t: int):
       if len(chunk) < stage.ca_samples:
         break
       lr = lr_at(iteration, epoch)
-      params, opt_state, loss = steps['ca'](params, opt_state, x[chunk], y[chunk], seen_dev,
-                                            jnp.float32(lr), lr_tree)
+      x_chunk, y_chunk = steps['rows'](x, y, chunk)
+      params, opt_state, loss = steps['ca'](params, opt_state, x_chunk, y_chunk, seen_dev,
+                                            np.float32(lr), lr_tree)
       iteration += 1
       losses.append(loss)
     mean_loss = float(np.mean([parallel.to_host(l) for l in losses])) if losses else float('nan')

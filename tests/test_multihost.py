@@ -121,7 +121,8 @@ def test_kill_of_one_process_stops_the_other_and_a_rerun_resumes(runs):
   # Two of the three tasks (their numbers do not depend on the third's), killed in the second.
   # A process that is not inside a collective when its peer dies is stopped by JAX's heartbeat
   # timeout, max(10, distributed_timeout_s) s (parallel.initialize_distributed): 40 s keeps that
-  # inside the 60 s asserted below (with the default 120 s this timed out on a loaded host).
+  # inside the 60 s asserted below (the default, 120 s, is not; the test once timed out on a
+  # loaded host).
   flags = ['--config.checkpoint_every_steps=4', '--config.stop_after_task=2',
            '--config.distributed_timeout_s=40']
   procs = run_two(workdir, flags)

@@ -154,3 +154,64 @@ def test_a_consumer_that_stops_early_stops_the_worker():
       break
     time.sleep(0.1)
   assert not started()
+
+
+def test_the_epochs_of_a_phase_are_each_epochs_batches_from_one_loader(monkeypatch):
+  """pipeline.epochs, the trainer's stream for a training phase: each epoch is `batches` of its
+  own seed, back to back (here resumed at batch 4 of epoch 1, then cut to 2 batches an epoch as a
+  dry run), read by one loader, so config.data_workers' processes start once a phase."""
+  idx = np.arange(len(DATA))
+  kw = {k: v for k, v in KW.items() if k != 'seed'}
+  seeds = [(3, 1, 0, 0, e) for e in range(3)]
+  calls = []
+  real_loader = pipeline.loader
+  monkeypatch.setattr(pipeline, 'loader', lambda ds, workers=0: calls.append(workers) or real_loader(ds, workers))
+  got = list(pipeline.epochs(DATA, idx, seeds=seeds, start=(1, 4), workers=2, **kw))
+  assert calls == [2]
+  per_epoch = [list(pipeline.batches(DATA, idx, seed=s, **kw)) for s in seeds]
+  assert len(got) == 2 + 6
+  fields_equal(got, per_epoch[1][4:] + per_epoch[2])
+  assert not np.array_equal(per_epoch[1][0].labels, per_epoch[2][0].labels)   # epochs differ
+  fields_equal(list(pipeline.epochs(DATA, idx, seeds=seeds, max_batches=2, **kw)),
+               [b for epoch in per_epoch for b in epoch[:2]])
+  assert list(pipeline.epochs(DATA, idx, seeds=seeds, start=(3, 0), **kw)) == []
+
+
+def test_a_run_with_workers_stopped_mid_phase_resumes_to_the_in_process_numbers(tmp_path, monkeypatch):
+  """config.data_workers=2, stopped between steps in the second prompt-stage epoch (after its
+  checkpoint at step 10), then resumed with 1 worker: every epoch's losses and the accuracies are
+  those of an uninterrupted run with data_workers=0."""
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  from cljax.continual import interrupts, trainer  # pylint: disable=g-import-not-at-top
+  from cljax.errors import RunInterrupted  # pylint: disable=g-import-not-at-top
+  from cljax_testing.helpers import demo_config  # pylint: disable=g-import-not-at-top
+
+  def run(workers, workdir):
+    c = demo_config(str(tmp_path / 'tfds'), depth=1, epochs=(1, 2), ca_epochs=(1, 1), log_every_steps=0)
+    c.prompt.layers, c.stop_after_task, c.data_workers, c.checkpoint_every_steps = (0,), 1, workers, 5
+    return trainer.run(c, str(tmp_path / workdir))
+
+  def epochs(workdir):
+    lines = [json.loads(l) for l in open(tmp_path / workdir / 'metrics.jsonl')]
+    return [{k: v for k, v in l.items() if k not in ('img_per_s', 'time')} for l in lines
+            if l.get('stage') == 'prompt' and 'epoch' in l and 'loss' in l and 'phase' in l]
+
+  whole = run(0, 'whole')
+  assert len(epochs('whole')) == 2
+  real_check = interrupts.check
+
+  def check():   # Ctrl-C before step 4 of the prompt stage's second epoch (train_stage's locals)
+    where = sys._getframe(1).f_locals   # pylint: disable=protected-access
+    if getattr(where.get('stage'), 'name', None) == 'prompt' and (where.get('epoch'), where.get('b')) == (1, 4):
+      raise KeyboardInterrupt
+    real_check()
+  monkeypatch.setattr(interrupts, 'check', check)
+  with pytest.raises(RunInterrupted, match='checkpoint 10 training steps into the prompt stage'):
+    run(2, 'stopped')
+  assert len(epochs('stopped')) == 1
+  monkeypatch.setattr(interrupts, 'check', real_check)
+  resumed = run(1, 'stopped')
+  assert epochs('stopped') == epochs('whole')
+  assert resumed['accuracy_matrix'] == whole['accuracy_matrix']
+  assert os.path.exists(tmp_path / 'stopped' / 'results.json')

@@ -149,3 +149,30 @@ def test_functional_api_example_trains_and_swaps_the_gate(tmp_path):
   out = functional_api_example.main(epochs=2, data_dir=str(tmp_path), depth=3)
   assert out['losses'][1] < out['losses'][0]
   assert out['accuracy'] > 60 and out['accuracy_gelu'] > 60    # 2 classes: chance is 50%
+
+
+def test_background_plots_draw_the_state_of_their_task_and_return_an_error(tmp_path, monkeypatch):
+  """run_outputs.plot hands the plot thread a copy: the run mutating its state afterwards (the
+  next task's column) changes no plot. An error in drawing is what close() returns."""
+  import threading  # pylint: disable=g-import-not-at-top
+  import types  # pylint: disable=g-import-not-at-top
+  from cljax.continual import run_outputs  # pylint: disable=g-import-not-at-top
+  drawn, go = [], threading.Event()
+
+  def write_all(workdir, state, t, **kw):
+    go.wait(10)
+    drawn.append((t, state['accuracy'].copy(), kw['chosen_task']))
+  monkeypatch.setattr(plots, 'write_all', write_all)
+  ns = types.SimpleNamespace
+  exp = ns(config=ns(dry_run=False, prompt=ns(layers=(0,)), method='norga'), workdir=str(tmp_path),
+           method=ns(chooses_prompts=True), plots=run_outputs.BackgroundPlots())
+  state = {'accuracy': np.zeros((2, 2)), 'task_identity_accuracy': np.zeros((2, 2)), 'prompt': {}}
+  run_outputs.plot(exp, state, 0, 2)
+  state['accuracy'][:, 1] = 50.0
+  go.set()
+  assert exp.plots.close() is None
+  assert len(drawn) == 1 and drawn[0][0] == 0 and drawn[0][1].sum() == 0 and drawn[0][2]
+  monkeypatch.setattr(plots, 'write_all', lambda *a, **k: 1 / 0)
+  run_outputs.plot(exp, state, 1, 2)
+  assert isinstance(exp.plots.close(), ZeroDivisionError)
+  assert exp.plots.close() is None

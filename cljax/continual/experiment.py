@@ -167,8 +167,13 @@ class Experiment:
       self.log(f'several processes: {joined}')
     ckpt = task_checkpoints.RunCheckpoints(self.workdir, int(self.mesh.devices.size))
     stopped = []
+    self.plots = run_outputs.BackgroundPlots()
     try:
-      return self._run(ckpt)
+      out = self._run(ckpt)
+      error = self.plots.close()   # the last task's plots are on disk when the run returns
+      if error is not None:
+        raise error
+      return out
     except KeyboardInterrupt:
       interrupts.ignore()     # closing completes the checkpoint being written
       if ckpt.last is None:
@@ -179,8 +184,11 @@ class Experiment:
     except Exception:
       stopped = parallel.stopped_processes()   # [] on a single process
       raise
-    finally:   # also on an error: a mid-stage checkpoint being written is completed, unless
-      if not stopped:   # another process died: it cannot take part, and the write is dropped
+    finally:
+      self.plots.close()   # also on an error: every evaluated task's plots are drawn
+      # A mid-stage checkpoint being written is completed, unless another process died: it
+      # cannot take part, and the write is dropped.
+      if not stopped:
         ckpt.close()
       self.run_log.close()
       lock.release()

@@ -6,9 +6,10 @@ has, ALGORITHMS.md 6; FA, CA and FM by the definition of the method's reference 
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import numpy as np
 
@@ -53,15 +54,50 @@ def report(exp, state, t: int):
   exp.record(entry, 'eval', t + 1)
 
 
+class BackgroundPlots:
+  """Draws a run's plots in one background thread, in submission order: matplotlib takes
+  0.6-1.3 s a task on a 2-core CPU (cProfile of the demo), which the next task's training now
+  overlaps. One thread, so pyplot's global state is only ever touched by it."""
+
+  def __init__(self):
+    self._pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
+    self._pending = []
+
+  def submit(self, fn, *args, **kwargs) -> None:
+    if self._pool is None:
+      self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='cljax-plots')
+    self._pending.append(self._pool.submit(fn, *args, **kwargs))
+
+  def close(self) -> Optional[BaseException]:
+    """Wait for every submitted plot; the first error raised in drawing one (None if none)."""
+    error = None
+    for future in self._pending:
+      error = error or future.exception()
+    self._pending = []
+    if self._pool is not None:
+      self._pool.shutdown(wait=True)
+      self._pool = None
+    return error
+
+
 def plot(exp, state, t: int, last_task: int) -> None:
-  """PNG plots after each evaluated task (a dry run: first and last only, they cost ~1 s)."""
+  """PNG plots after each evaluated task (a dry run: first and last only, they cost ~1 s), drawn
+  by ``exp.plots`` (`BackgroundPlots`) from a copy of what they show: the run goes on mutating
+  its state."""
   if not parallel.is_main() or (exp.config.dry_run and t not in (0, last_task - 1)):
     return
-  plots.write_all(exp.workdir, state, t, expert_layers=exp.config.prompt.layers,
-                  chosen_task=exp.method.chooses_prompts)
+  snapshot = {k: np.array(state[k]) for k in ('accuracy', 'stage1_task_identity_accuracy',
+                                               'task_identity_accuracy') if k in state}
+  if 'task_identity' in state:
+    snapshot['task_identity'] = {}
+  freq = state['prompt'].get('method_state', {}).get('freq')
+  snapshot['prompt'] = {'method_state': {} if freq is None else {'freq': np.array(freq)}}
+  exp.plots.submit(plots.write_all, exp.workdir, snapshot, t, expert_layers=exp.config.prompt.layers,
+                   chosen_task=exp.method.chooses_prompts)
   if 'prompt_usage' in state:
-    plots.prompt_usage(state['prompt_usage'][t], t, os.path.join(exp.workdir, 'plots', 'prompt_usage.png'),
-                       f'{exp.config.method}: pool entries chosen by each task\'s test images, after task {t + 1}')
+    exp.plots.submit(plots.prompt_usage, np.array(state['prompt_usage'][t]), t,
+                     os.path.join(exp.workdir, 'plots', 'prompt_usage.png'),
+                     f'{exp.config.method}: pool entries chosen by each task\'s test images, after task {t + 1}')
 
 
 def results(exp, state, seconds: float) -> Dict[str, Any]:

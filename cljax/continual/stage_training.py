@@ -8,6 +8,8 @@ updated one. A NaN/Inf loss raises TrainingDivergedError before it reaches a che
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import time
 
 import jax
@@ -105,60 +107,65 @@ def train_stage(exp, stage: StageSetup, stage_state, t: int, resume=None, save=N
       start -= float(timing[1])
     tag = f'[{stage.name}{"/" + phase.name if phase.name != "train" else ""}]'
     global_step = steps_before(exp, stage, t, p_index, n_batches)
-    for epoch in range(epochs):
-      if position and epoch < position['epoch']:
-        continue
-      sums, count, first, epoch_start, epoch_images = {}, 0, 0, time.time(), 0
-      if position:    # the checkpoint's epoch: its running sums, then its remaining batches
-        sums = {k: jnp.asarray(v) for k, v in progress['sums'].items()}
-        count, first, position = position['count'], position['batch'], None
-      seed = (c.seed, stage_id, t, p_index, epoch)
-      losses = []     # (batch, loss) not yet checked for NaN/Inf
-      where = dict(stage=stage.name, task=t, epoch=epoch, epochs=epochs, n_batches=n_batches)
-      if reuse:
-        feats, labels = class_statistics.frozen_train_features(exp, stage, t)
-        batches = streams.placed(exp, pipeline.feature_batches(
-            feats, labels, c.batch_size, seed, shuffle=True, start_batch=first,
-            rows=parallel.host_rows(c.batch_size, exp.mesh)), first)
-      else:
-        batches = streams.train_batches(exp, indices, True, seed, shuffle=True, start_batch=first)
-      exp.where = f'the {stage.name} stage of task {t + 1} (epoch {epoch + 1}/{epochs})'
-      for b, batch in enumerate(batches, start=first):
-        interrupts.check()
-        lr = lr_at(iteration)
-        params, opt_state, m = steps['train'](params, opt_state, method_state, exp.backbone,
-                                              batch.images, batch.labels, batch.mask, t_arr,
-                                              context, np.float32(lr), lr_tree, flags=phase.flags)
-        iteration += 1
-        for k, v in m.items():
-          sums[k] = sums.get(k, 0.0) + v
-        count += 1
-        done += 1
-        losses.append((b, m['loss']))
-        if save is not None and c.checkpoint_every_steps and done % c.checkpoint_every_steps == 0:
-          losses = check_finite(losses, params, **where)   # a checkpoint is only ever of a good state
-          done_images = min(len(indices), (b + 1) * c.batch_size) - first * c.batch_size
-          save(done, {'params': params, 'opt_state': jax.tree.leaves(opt_state),
-                      'method_state': method_state, 'sums': sums,
-                      'position': np.array([p_index, epoch, b + 1, iteration, count], np.int64),
-                      'timing': np.array([phase_images + done_images, time.time() - start])})
-        epoch_images = min(len(indices), (b + 1) * c.batch_size) - first * c.batch_size
-        exp.run_log.progress(
-            f'{tag} task {t + 1}/{exp.num_tasks} epoch {epoch + 1}/{epochs}', b + 1, n_batches,
-            epoch_start, {k: m[k] for k in ('loss', 'accuracy') if k in m}, images=epoch_images,
-            force=bool(c.log_every_steps) and (b + 1) % c.log_every_steps == 0)
-      check_finite(losses, params, **where)
-      host = {k: float(parallel.to_host(v)) / max(count, 1) for k, v in sums.items()}
-      lr = lr_at(iteration - 1)    # the last step's (also when resumed at the epoch's end)
-      phase_images, epochs_here = phase_images + epoch_images, epochs_here + 1
-      elapsed = time.time() - start
-      rate = phase_images / max(elapsed, 1e-9)
-      eta = (time.time() - eta_start) / epochs_here * (epochs - epoch - 1)
-      exp.log(f'  {tag} task {t + 1}/{exp.num_tasks} epoch {epoch + 1}/{epochs} lr {lr:.2e} '
-                + ' '.join(f'{k} {v:.4f}' for k, v in sorted(host.items(), key=lambda kv: kv[0] != 'loss'))
-                + f' | {rate:.0f} img/s, eta {eta:.0f}s')
-      exp.record({'stage': stage.name, 'phase': phase.name, 'task': t, 'epoch': epoch, 'lr': lr,
-                    'img_per_s': rate, **host}, f'train/{stage.name}', global_step + iteration)
+    # One stream for the phase's epochs: its loader (config.data_workers' processes) starts once.
+    stream = None if reuse else streams.train_epochs(
+        exp, indices, [(c.seed, stage_id, t, p_index, e) for e in range(epochs)],
+        (position['epoch'], position['batch']) if position else (0, 0))
+    with contextlib.closing(stream) if stream is not None else contextlib.nullcontext():
+      for epoch in range(epochs):
+        if position and epoch < position['epoch']:
+          continue
+        sums, count, first, epoch_start, epoch_images = {}, 0, 0, time.time(), 0
+        if position:    # the checkpoint's epoch: its running sums, then its remaining batches
+          sums = {k: jnp.asarray(v) for k, v in progress['sums'].items()}
+          count, first, position = position['count'], position['batch'], None
+        seed = (c.seed, stage_id, t, p_index, epoch)
+        losses = []     # (batch, loss) not yet checked for NaN/Inf
+        where = dict(stage=stage.name, task=t, epoch=epoch, epochs=epochs, n_batches=n_batches)
+        if reuse:
+          feats, labels = class_statistics.frozen_train_features(exp, stage, t)
+          batches = streams.placed(exp, pipeline.feature_batches(
+              feats, labels, c.batch_size, seed, shuffle=True, start_batch=first,
+              rows=parallel.host_rows(c.batch_size, exp.mesh)), first)
+        else:
+          batches = itertools.islice(stream, n_batches - first)   # this epoch's
+        exp.where = f'the {stage.name} stage of task {t + 1} (epoch {epoch + 1}/{epochs})'
+        for b, batch in enumerate(batches, start=first):
+          interrupts.check()
+          lr = lr_at(iteration)
+          params, opt_state, m = steps['train'](params, opt_state, method_state, exp.backbone,
+                                                batch.images, batch.labels, batch.mask, t_arr,
+                                                context, np.float32(lr), lr_tree, flags=phase.flags)
+          iteration += 1
+          for k, v in m.items():
+            sums[k] = sums.get(k, 0.0) + v
+          count += 1
+          done += 1
+          losses.append((b, m['loss']))
+          if save is not None and c.checkpoint_every_steps and done % c.checkpoint_every_steps == 0:
+            losses = check_finite(losses, params, **where)   # a checkpoint is only ever of a good state
+            done_images = min(len(indices), (b + 1) * c.batch_size) - first * c.batch_size
+            save(done, {'params': params, 'opt_state': jax.tree.leaves(opt_state),
+                        'method_state': method_state, 'sums': sums,
+                        'position': np.array([p_index, epoch, b + 1, iteration, count], np.int64),
+                        'timing': np.array([phase_images + done_images, time.time() - start])})
+          epoch_images = min(len(indices), (b + 1) * c.batch_size) - first * c.batch_size
+          exp.run_log.progress(
+              f'{tag} task {t + 1}/{exp.num_tasks} epoch {epoch + 1}/{epochs}', b + 1, n_batches,
+              epoch_start, {k: m[k] for k in ('loss', 'accuracy') if k in m}, images=epoch_images,
+              force=bool(c.log_every_steps) and (b + 1) % c.log_every_steps == 0)
+        check_finite(losses, params, **where)
+        host = {k: float(parallel.to_host(v)) / max(count, 1) for k, v in sums.items()}
+        lr = lr_at(iteration - 1)    # the last step's (also when resumed at the epoch's end)
+        phase_images, epochs_here = phase_images + epoch_images, epochs_here + 1
+        elapsed = time.time() - start
+        rate = phase_images / max(elapsed, 1e-9)
+        eta = (time.time() - eta_start) / epochs_here * (epochs - epoch - 1)
+        exp.log(f'  {tag} task {t + 1}/{exp.num_tasks} epoch {epoch + 1}/{epochs} lr {lr:.2e} '
+                  + ' '.join(f'{k} {v:.4f}' for k, v in sorted(host.items(), key=lambda kv: kv[0] != 'loss'))
+                  + f' | {rate:.0f} img/s, eta {eta:.0f}s')
+        exp.record({'stage': stage.name, 'phase': phase.name, 'task': t, 'epoch': epoch, 'lr': lr,
+                      'img_per_s': rate, **host}, f'train/{stage.name}', global_step + iteration)
   params, method_state = method.end_task(params, method_state, t)
   if method.after_training is not None:
     method_state = method.after_training(params, method_state, t, pass_runner(exp, stage, indices, t))

@@ -35,6 +35,21 @@ def batches(exp, indices, train: bool, seed, shuffle: bool, batch_size: int):
                  shuffle)
 
 
+def train_epochs(exp, indices, seeds, start=(0, 0)):
+  """A training phase's batches (train transform, shuffled), every epoch of ``seeds`` (one seed
+  an epoch) back to back, placed on the mesh, from batch start[1] of epoch start[0] (a resume):
+  one loader for the phase, so config.data_workers' processes start once, and the next epoch's
+  first batches are decoded while this one ends. Each epoch is cut to config.dry_run_steps in a
+  dry run. The caller takes `pipeline.num_batches` (or the dry-run count) an epoch, and closes
+  the stream if it stops early."""
+  c = exp.config
+  return pipeline.prefetch(pipeline.epochs(
+      exp.data.train, indices, c.batch_size, c.backbone.image_size, train=True, seeds=seeds,
+      shuffle=True, start=start, rows=parallel.host_rows(c.batch_size, exp.mesh),
+      workers=c.data_workers, max_batches=c.dry_run_steps if c.dry_run else None),
+      exp.data_sharding)
+
+
 def train_batches(exp, indices, train_transform: bool, seed, shuffle, start_batch: int = 0):
   """Training images (train transform) or training images with the test transform (stats);
   ``start_batch`` resumes an epoch (its order is a function of the seed)."""

@@ -9,12 +9,13 @@ only, as the references' smaller last batch does. Randomness is a pure function 
 The host yields uint8 pixels; `to_device` puts them on the devices as uint8 and converts them
 there (`transforms.to_model_input`, the one definition of ToTensor + Normalize).
 
-An epoch is a grain ``MapDataset`` of this host's batches (element b = global batch
-start_batch + b), read by grain's thread prefetch (``ReadOptions``) in this process or by
-``mp_prefetch`` worker processes, which take whole batches round-robin and interleave them back
-in order: the batches do not depend on the number of workers. Resuming mid-epoch is
-``start_batch``: for a MapDataset, grain's iterator state is the next element's index, which the
-trainer's checkpoint already records as the epoch's batch position.
+The epochs of a training phase are one grain ``MapDataset`` of this host's batches, epoch after
+epoch (`epochs`; `batches` is one epoch), read by grain's thread prefetch (``ReadOptions``) in
+this process or by ``mp_prefetch`` worker processes, which take whole batches round-robin and
+interleave them back in order: the batches do not depend on the number of workers, and the
+workers start once per phase, not once per epoch. Resuming mid-epoch is ``start=(epoch,
+batch)``: for a MapDataset, grain's iterator state is the next element's index, which the
+trainer's checkpoint already records as the epoch and batch position.
 """
 
 from __future__ import annotations
@@ -54,40 +55,87 @@ def num_batches(n: int, batch_size: int) -> int:
 
 
 class _Example:
-  """(position in the epoch, dataset index; -1 = padding) -> (uint8 [S, S, 3], label, mask, norm).
+  """(epoch k, position in the epoch, dataset index; -1 = padding) -> (uint8 [S, S, 3], label,
+  mask, norm).
 
   A picklable callable (grain sends it to worker processes, which decode the images: a JPEG
-  dataset's ``image(i)`` reads and decodes the file there). The draws of position p come from
-  ``default_rng(list(seed) + [p])``: the same in any thread or process."""
+  dataset's ``image(i)`` reads and decodes the file there). The draws of position p in epoch k
+  come from ``default_rng(list(seeds[k]) + [p])``: the same in any thread or process."""
 
-  def __init__(self, dataset, image_size: int, train: bool, seed: Sequence[int]):
+  def __init__(self, dataset, image_size: int, train: bool, seeds: Sequence[Sequence[int]]):
     self.dataset, self.image_size, self.train = dataset, image_size, train
-    self.seed = [int(s) for s in seed]
+    self.seeds = [[int(s) for s in seed] for seed in seeds]
     self._transforms = {}
 
   def __getstate__(self):
     return dict(self.__dict__, _transforms={})
 
   def __call__(self, record):
-    position, i = int(record[0]), int(record[1])
+    k, position, i = int(record[0]), int(record[1]), int(record[2])
     if i < 0:
       return (np.zeros((self.image_size, self.image_size, 3), np.uint8), np.int32(0), False,
               np.int8(0))
     family = self.dataset.family(i)
     if family not in self._transforms:
       self._transforms[family] = transforms.make(family, self.train, self.image_size)
-    rng = np.random.default_rng(self.seed + [position])
+    rng = np.random.default_rng(self.seeds[k] + [position])
     image = self._transforms[family](self.dataset.image(i), rng)
     return (image, np.int32(self.dataset.labels[i]), True, np.int8(transforms.normalisation(family)))
 
 
+class _EpochRecords:
+  """The records (epoch k, position, dataset index) of this host's rows of every batch of
+  epochs start[0].. len(seeds) - 1 (epoch k shuffled by seeds[k]), from batch start[1] of the
+  first; at most ``max_batches`` batches an epoch. A lazy sequence (grain's source): an epoch's
+  order is computed where it is read, once per epoch and process, so a long phase is not
+  materialised, nor pickled to each worker."""
+
+  def __init__(self, indices, batch_size: int, seeds, shuffle: bool, start=(0, 0),
+               rows: Optional[tuple] = None, max_batches: Optional[int] = None):
+    self.indices, self.batch_size, self.seeds, self.shuffle = np.asarray(indices), batch_size, seeds, shuffle
+    self.rows = rows
+    self.width = (rows or (0, batch_size))[1] - (rows or (0, batch_size))[0]
+    self.n_batches = num_batches(len(self.indices), batch_size)
+    if max_batches is not None:
+      self.n_batches = min(self.n_batches, max_batches)
+    self.first_epoch, self.first_batch = start
+    first = max(self.n_batches - self.first_batch, 0)
+    later = max(len(seeds) - self.first_epoch - 1, 0) * self.n_batches
+    self.length = (first + later if self.first_epoch < len(seeds) else 0) * self.width
+    self._cached = (None, None)
+
+  def __getstate__(self):
+    return dict(self.__dict__, _cached=(None, None))
+
+  def __len__(self) -> int:
+    return self.length
+
+  def _epoch(self, k: int) -> np.ndarray:
+    if self._cached[0] != k:
+      start = self.first_batch if k == self.first_epoch else 0
+      order = epoch_order(self.indices, self.seeds[k], self.shuffle)
+      self._cached = (k, host_records(order, self.batch_size, start, self.rows, self.n_batches))
+    return self._cached[1]
+
+  def __getitem__(self, i: int) -> np.ndarray:
+    if not 0 <= i < self.length:
+      raise IndexError(i)
+    first = (self.n_batches - self.first_batch) * self.width
+    k, offset = (self.first_epoch, i) if i < first else \
+        (self.first_epoch + 1 + (i - first) // (self.n_batches * self.width),
+         (i - first) % (self.n_batches * self.width))
+    position, index = self._epoch(k)[offset]
+    return np.array([k, position, index], np.int64)
+
+
 def host_records(order: np.ndarray, batch_size: int, start_batch: int = 0,
-                 rows: Optional[tuple] = None) -> np.ndarray:
+                 rows: Optional[tuple] = None, end_batch: Optional[int] = None) -> np.ndarray:
   """[n_batches * (end - start), 2] int64 (position in the epoch, dataset index) of this host's
-  rows of every global batch from ``start_batch`` on, batch after batch; rows past the epoch's
-  end are padding (index -1)."""
+  rows of every global batch from ``start_batch`` up to ``end_batch`` (default: the epoch's
+  last), batch after batch; rows past the epoch's end are padding (index -1)."""
   start, end = rows or (0, batch_size)
-  b = np.arange(start_batch, num_batches(len(order), batch_size))
+  last = num_batches(len(order), batch_size) if end_batch is None else end_batch
+  b = np.arange(start_batch, last)
   positions = (b[:, None] * batch_size + np.arange(start, end)[None, :]).reshape(-1)
   valid = positions < len(order)
   index = np.full(len(positions), -1, np.int64)
@@ -95,19 +143,29 @@ def host_records(order: np.ndarray, batch_size: int, start_batch: int = 0,
   return np.stack([positions, index], axis=1).astype(np.int64)
 
 
+def epochs_dataset(dataset, indices, batch_size: int, image_size: int, train: bool,
+                   seeds: Sequence[Sequence[int]], shuffle: bool = False, start=(0, 0),
+                   rows: Optional[tuple] = None, max_batches: Optional[int] = None):
+  """The epochs as one grain MapDataset whose elements are this host's shares of the global
+  batches, epoch after epoch, from batch start[1] of epoch start[0]: tuples (images uint8 [R, S,
+  S, 3], labels int32 [R], mask bool [R], norm int8 [R]), R = end - start of ``rows`` (default:
+  the whole batch). Epoch k's order and draws are keyed by seeds[k]; ``max_batches`` cuts every
+  epoch (a dry run)."""
+  import grain  # pylint: disable=g-import-not-at-top
+  records = _EpochRecords(indices, batch_size, [tuple(s) for s in seeds], shuffle, start, rows,
+                          max_batches)
+  return (grain.MapDataset.source(records)
+          .map(_Example(dataset, image_size, train, seeds))
+          .batch(records.width))
+
+
 def batch_dataset(dataset, indices, batch_size: int, image_size: int, train: bool,
                   seed: Sequence[int] = (0,), shuffle: bool = False, start_batch: int = 0,
                   rows: Optional[tuple] = None):
-  """The epoch as a grain MapDataset whose element b is this host's share of global batch
-  start_batch + b: a tuple (images uint8 [R, S, S, 3], labels int32 [R], mask bool [R],
-  norm int8 [R]), R = end - start of ``rows`` (default: the whole batch)."""
-  import grain  # pylint: disable=g-import-not-at-top
-  order = epoch_order(indices, seed, shuffle)
-  start, end = rows or (0, batch_size)
-  records = host_records(order, batch_size, start_batch, rows)
-  return (grain.MapDataset.source(records)
-          .map(_Example(dataset, image_size, train, seed))
-          .batch(end - start))
+  """One epoch (`epochs_dataset` of one seed): element b is this host's share of global batch
+  start_batch + b."""
+  return epochs_dataset(dataset, indices, batch_size, image_size, train, [seed], shuffle,
+                        (0, start_batch), rows)
 
 
 def loader(ds, workers: int = 0):
@@ -130,18 +188,20 @@ def loader(ds, workers: int = 0):
   return it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2))
 
 
-def batches(dataset, indices, batch_size: int, image_size: int, train: bool,
-            seed: Sequence[int] = (0,), shuffle: bool = False, start_batch: int = 0,
-            rows: Optional[tuple] = None, workers: int = 0) -> Iterator[Batch]:
-  """Batches of dataset[indices] (uint8 images, ``norm`` set); ``seed`` keys the order and the
-  augmentation draws.
+def epochs(dataset, indices, batch_size: int, image_size: int, train: bool,
+           seeds: Sequence[Sequence[int]], shuffle: bool = False, start=(0, 0),
+           rows: Optional[tuple] = None, workers: int = 0,
+           max_batches: Optional[int] = None) -> Iterator[Batch]:
+  """The batches of dataset[indices] in every epoch of ``seeds`` (seeds[k] keys epoch k's order
+  and augmentation draws), epoch after epoch, from batch start[1] of epoch start[0]: the
+  concatenation of `batches` of each seed, read by one loader (its workers start once).
 
-  ``start_batch`` skips ahead without decoding (resuming mid-epoch). ``rows=(start, end)``
-  yields only those rows of every global batch: on several hosts each decodes its own share
-  (`cljax.parallel.host_rows`). ``workers``: config.data_workers (0 = threads in this process,
-  N > 0 = N grain worker processes, started for this iterator and stopped at its end)."""
-  ds = batch_dataset(dataset, indices, batch_size, image_size, train, seed, shuffle,
-                     start_batch, rows)
+  ``rows=(start, end)`` yields only those rows of every global batch: on several hosts each
+  decodes its own share (`cljax.parallel.host_rows`). ``workers``: config.data_workers (0 =
+  threads in this process, N > 0 = N grain worker processes, stopped at the iterator's end or
+  when it is closed). ``max_batches`` cuts every epoch (a dry run)."""
+  ds = epochs_dataset(dataset, indices, batch_size, image_size, train, seeds, shuffle, start,
+                      rows, max_batches)
   if len(ds) == 0:
     return
   it = iter(loader(ds, workers))
@@ -154,6 +214,16 @@ def batches(dataset, indices, batch_size: int, image_size: int, train: bool,
     close = getattr(it, 'close', None)
     if close is not None:    # mp_prefetch: stop the worker processes now, not at GC
       close()
+
+
+def batches(dataset, indices, batch_size: int, image_size: int, train: bool,
+            seed: Sequence[int] = (0,), shuffle: bool = False, start_batch: int = 0,
+            rows: Optional[tuple] = None, workers: int = 0) -> Iterator[Batch]:
+  """The batches of one epoch of dataset[indices] (uint8 images, ``norm`` set); ``seed`` keys
+  the order and the augmentation draws; ``start_batch`` skips ahead without decoding (resuming
+  mid-epoch). ``rows`` and ``workers`` as in `epochs`."""
+  return epochs(dataset, indices, batch_size, image_size, train, [seed], shuffle, (0, start_batch),
+                rows, workers)
 
 
 def host_input(batch: Batch) -> Batch:

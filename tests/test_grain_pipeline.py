@@ -215,3 +215,30 @@ def test_a_run_with_workers_stopped_mid_phase_resumes_to_the_in_process_numbers(
   assert epochs('stopped') == epochs('whole')
   assert resumed['accuracy_matrix'] == whole['accuracy_matrix']
   assert os.path.exists(tmp_path / 'stopped' / 'results.json')
+
+
+def test_threads_reading_two_epochs_at_once_get_each_epochs_batches():
+  """grain's threads read a phase's dataset concurrently, also across an epoch's end (the next
+  epoch's first batches are prefetched while the last ones are read): threads reading two
+  epochs at once get the batches of a sequential read."""
+  sys.setswitchinterval(1e-6)    # switch threads as often as possible, to meet a race if any
+  try:
+    idx = np.arange(len(DATA))
+    kw = {k: v for k, v in KW.items() if k != 'seed'}
+    seeds = [(3, 1, 0, 0, e) for e in range(4)]
+    expected = [pipeline.epochs_dataset(DATA, idx, seeds=seeds, **kw)[b] for b in range(12)]
+    ds = pipeline.epochs_dataset(DATA, idx, seeds=seeds, **kw)
+    got = [None] * 12
+
+    def read(j):   # thread j: epochs j % 2 and j % 2 + 2, 3 batches each
+      for e in (j % 2, j % 2 + 2):
+        for b in range(3 * e + j // 2, 3 * e + 3, 2):
+          got[b] = ds[b]
+    threads = [threading.Thread(target=read, args=(j,)) for j in range(4)]
+    for t in threads:
+      t.start()
+    for t in threads:
+      t.join()
+    fields_equal(got, expected)
+  finally:
+    sys.setswitchinterval(0.005)

@@ -88,7 +88,8 @@ class _EpochRecords:
   epochs start[0].. len(seeds) - 1 (epoch k shuffled by seeds[k]), from batch start[1] of the
   first; at most ``max_batches`` batches an epoch. A lazy sequence (grain's source): an epoch's
   order is computed where it is read, once per epoch and process, so a long phase is not
-  materialised, nor pickled to each worker."""
+  materialised, nor pickled to each worker. grain's threads read it concurrently, also across
+  an epoch's end: the cache of the last two epochs is under a lock."""
 
   def __init__(self, indices, batch_size: int, seeds, shuffle: bool, start=(0, 0),
                rows: Optional[tuple] = None, max_batches: Optional[int] = None):
@@ -99,31 +100,42 @@ class _EpochRecords:
     if max_batches is not None:
       self.n_batches = min(self.n_batches, max_batches)
     self.first_epoch, self.first_batch = start
-    first = max(self.n_batches - self.first_batch, 0)
-    later = max(len(seeds) - self.first_epoch - 1, 0) * self.n_batches
-    self.length = (first + later if self.first_epoch < len(seeds) else 0) * self.width
-    self._cached = (None, None)
+    # rows of the first (resumed) epoch, and of every later one
+    self.first_rows = max(self.n_batches - self.first_batch, 0) * self.width
+    self.epoch_rows = self.n_batches * self.width
+    later = max(len(seeds) - self.first_epoch - 1, 0) * self.epoch_rows
+    self.length = self.first_rows + later if self.first_epoch < len(seeds) else 0
+    self._lock, self._cache = threading.Lock(), {}
 
   def __getstate__(self):
-    return dict(self.__dict__, _cached=(None, None))
+    return {k: v for k, v in self.__dict__.items() if k not in ('_lock', '_cache')}
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._lock, self._cache = threading.Lock(), {}
 
   def __len__(self) -> int:
     return self.length
 
   def _epoch(self, k: int) -> np.ndarray:
-    if self._cached[0] != k:
-      start = self.first_batch if k == self.first_epoch else 0
-      order = epoch_order(self.indices, self.seeds[k], self.shuffle)
-      self._cached = (k, host_records(order, self.batch_size, start, self.rows, self.n_batches))
-    return self._cached[1]
+    with self._lock:
+      records = self._cache.get(k)
+      if records is None:
+        start = self.first_batch if k == self.first_epoch else 0
+        order = epoch_order(self.indices, self.seeds[k], self.shuffle)
+        records = self._cache[k] = host_records(order, self.batch_size, start, self.rows, self.n_batches)
+        while len(self._cache) > 2:
+          del self._cache[min(self._cache)]
+      return records
 
   def __getitem__(self, i: int) -> np.ndarray:
     if not 0 <= i < self.length:
       raise IndexError(i)
-    first = (self.n_batches - self.first_batch) * self.width
-    k, offset = (self.first_epoch, i) if i < first else \
-        (self.first_epoch + 1 + (i - first) // (self.n_batches * self.width),
-         (i - first) % (self.n_batches * self.width))
+    if i < self.first_rows:
+      k, offset = self.first_epoch, i
+    else:
+      k = self.first_epoch + 1 + (i - self.first_rows) // self.epoch_rows
+      offset = (i - self.first_rows) % self.epoch_rows
     position, index = self._epoch(k)[offset]
     return np.array([k, position, index], np.int64)
 

@@ -71,6 +71,9 @@ def test_alignment_batches_cover_seen_classes_only():
   assert len(got) == 2 and all(b[0].shape == (10, 2) for b in got)
   labels = np.concatenate([np.asarray(b[1]) for b in got])
   assert set(labels.tolist()) <= {0, 1, 2}
+  # 30 seen samples: a 4th slice of 10 runs out and ends the epoch, as the references' slices do.
+  assert len(list(alignment.alignment_batches(jax.random.PRNGKey(0), stats, seen, 10, 5, 10, (0,)))) == 3
+  assert [len(r) for r in alignment.iteration_rows(np.arange(25), 10, 5)] == [10, 10]
 
 
 def test_contrastive_regulariser_matches_reference_formula():

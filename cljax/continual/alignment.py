@@ -104,15 +104,29 @@ def sample(key, stats: ClassStats, per_class: int):
   return x.reshape(-1, d), labels.reshape(-1), valid.reshape(-1)
 
 
-def alignment_batches(key, stats: ClassStats, seen: np.ndarray, per_class: int, num_iterations: int,
-                      batch_size: int, shuffle_seed) -> Iterator[Tuple[Array, Array]]:
-  """One alignment epoch: draw, keep seen classes, shuffle, yield num_iterations batches."""
-  x, labels, valid = sample(key, stats, per_class)
+def epoch_rows(valid, labels, seen: np.ndarray, shuffle_seed) -> np.ndarray:
+  """The rows of one alignment epoch's draw that it replays, in replay order: the valid samples
+  of seen classes, shuffled by ``shuffle_seed``. valid, labels: the draw's [n] (host or
+  device); seen: [C] bool."""
   valid = np.asarray(valid) & np.asarray(seen)[np.asarray(labels)]
   rows = np.flatnonzero(valid)
-  rows = rows[np.random.default_rng(list(shuffle_seed)).permutation(len(rows))]
+  return rows[np.random.default_rng(list(shuffle_seed)).permutation(len(rows))]
+
+
+def iteration_rows(rows: np.ndarray, batch_size: int, num_iterations: int) -> Iterator[np.ndarray]:
+  """Each of an epoch's (at most) num_iterations iterations' rows, batch_size each: the
+  references' slices simply run out, so a short last slice ends the epoch."""
   for it in range(num_iterations):
     chunk = rows[it * batch_size:(it + 1) * batch_size]
-    if len(chunk) < batch_size:   # the references' slices simply run out: stop there
+    if len(chunk) < batch_size:
       return
+    yield chunk
+
+
+def alignment_batches(key, stats: ClassStats, seen: np.ndarray, per_class: int, num_iterations: int,
+                      batch_size: int, shuffle_seed) -> Iterator[Tuple[Array, Array]]:
+  """One alignment epoch, eagerly (the trainer's loop jits each part): draw, keep seen classes,
+  shuffle, yield num_iterations batches (x, labels)."""
+  x, labels, valid = sample(key, stats, per_class)
+  for chunk in iteration_rows(epoch_rows(valid, labels, seen, shuffle_seed), batch_size, num_iterations):
     yield x[chunk], labels[chunk]

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cljax import optim, parallel
-from cljax.continual import class_statistics, interrupts, streams
+from cljax.continual import alignment, class_statistics, interrupts, streams
 from cljax.continual import steps as steps_lib
 from cljax.continual.steps import StageSetup
 from cljax.data import pipeline
@@ -229,14 +229,10 @@ def align(exp, stage: StageSetup, stage_state, t: int):
     interrupts.check()
     epoch_lr = lr_at(iteration, epoch)
     x, y, valid = steps['sample'](jax.random.fold_in(key, epoch), stats, stage.ca_samples)
-    valid = parallel.to_host(valid) & seen[parallel.to_host(y)]
-    rows = np.flatnonzero(valid)
-    rows = rows[np.random.default_rng([c.seed, 7, t, epoch, exp.stages.index(stage)]).permutation(len(rows))]
+    rows = alignment.epoch_rows(parallel.to_host(valid), parallel.to_host(y), seen,
+                                (c.seed, 7, t, epoch, exp.stages.index(stage)))
     losses = []
-    for it in range(crct_num):
-      chunk = rows[it * stage.ca_samples:(it + 1) * stage.ca_samples]
-      if len(chunk) < stage.ca_samples:
-        break
+    for chunk in alignment.iteration_rows(rows, stage.ca_samples, crct_num):
       lr = lr_at(iteration, epoch)
       x_chunk, y_chunk = steps['rows'](x, y, chunk)
       params, opt_state, loss = steps['ca'](params, opt_state, x_chunk, y_chunk, seen_dev,

@@ -221,6 +221,7 @@ def test_threads_reading_two_epochs_at_once_get_each_epochs_batches():
   """grain's threads read a phase's dataset concurrently, also across an epoch's end (the next
   epoch's first batches are prefetched while the last ones are read): threads reading two
   epochs at once get the batches of a sequential read."""
+  interval = sys.getswitchinterval()
   sys.setswitchinterval(1e-6)    # switch threads as often as possible, to meet a race if any
   try:
     idx = np.arange(len(DATA))
@@ -241,4 +242,4 @@ def test_threads_reading_two_epochs_at_once_get_each_epochs_batches():
       t.join()
     fields_equal(got, expected)
   finally:
-    sys.setswitchinterval(0.005)
+    sys.setswitchinterval(interval)

@@ -86,16 +86,12 @@ def plot(exp, state, t: int, last_task: int) -> None:
   its state."""
   if not parallel.is_main() or (exp.config.dry_run and t not in (0, last_task - 1)):
     return
-  snapshot = {k: np.array(state[k]) for k in ('accuracy', 'stage1_task_identity_accuracy',
-                                               'task_identity_accuracy') if k in state}
-  if 'task_identity' in state:
-    snapshot['task_identity'] = {}
-  freq = state['prompt'].get('method_state', {}).get('freq')
-  snapshot['prompt'] = {'method_state': {} if freq is None else {'freq': np.array(freq)}}
+  # The run writes its matrices (top-level numpy arrays) in place; the rest it replaces.
+  snapshot = {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in state.items()}
   exp.plots.submit(plots.write_all, exp.workdir, snapshot, t, expert_layers=exp.config.prompt.layers,
                    chosen_task=exp.method.chooses_prompts)
   if 'prompt_usage' in state:
-    exp.plots.submit(plots.prompt_usage, np.array(state['prompt_usage'][t]), t,
+    exp.plots.submit(plots.prompt_usage, snapshot['prompt_usage'][t], t,
                      os.path.join(exp.workdir, 'plots', 'prompt_usage.png'),
                      f'{exp.config.method}: pool entries chosen by each task\'s test images, after task {t + 1}')
 

@@ -21,17 +21,21 @@ def placed(exp, iterator, start_batch: int = 0):
   return pipeline.prefetch(limit(exp, iterator, start_batch), exp.data_sharding)
 
 
-def _images(exp, dataset, indices, batch_size: int, train_transform: bool, seed, shuffle: bool,
-            start_batch: int = 0):
-  return placed(exp, pipeline.batches(
-      dataset, indices, batch_size, exp.config.backbone.image_size, train=train_transform,
-      seed=seed, shuffle=shuffle, start_batch=start_batch,
-      rows=parallel.host_rows(batch_size, exp.mesh), workers=exp.config.data_workers), start_batch)
+def _images(exp, dataset, indices, batch_size: int, train_transform: bool, seeds, shuffle: bool,
+            start=(0, 0)):
+  """`pipeline.epochs` of this host's rows, each epoch cut to config.dry_run_steps in a dry run,
+  prefetched onto the mesh."""
+  c = exp.config
+  return pipeline.prefetch(pipeline.epochs(
+      dataset, indices, batch_size, c.backbone.image_size, train=train_transform, seeds=seeds,
+      shuffle=shuffle, start=start, rows=parallel.host_rows(batch_size, exp.mesh),
+      workers=c.data_workers, max_batches=c.dry_run_steps if c.dry_run else None),
+      exp.data_sharding)
 
 
 def batches(exp, indices, train: bool, seed, shuffle: bool, batch_size: int):
   """Batches of ``indices`` of the training (train transform) or test set, at ``batch_size``."""
-  return _images(exp, exp.data.train if train else exp.data.test, indices, batch_size, train, seed,
+  return _images(exp, exp.data.train if train else exp.data.test, indices, batch_size, train, [seed],
                  shuffle)
 
 
@@ -42,16 +46,11 @@ def train_epochs(exp, indices, seeds, start=(0, 0)):
   first batches are decoded while this one ends. Each epoch is cut to config.dry_run_steps in a
   dry run. The caller takes `pipeline.num_batches` (or the dry-run count) an epoch, and closes
   the stream if it stops early."""
-  c = exp.config
-  return pipeline.prefetch(pipeline.epochs(
-      exp.data.train, indices, c.batch_size, c.backbone.image_size, train=True, seeds=seeds,
-      shuffle=True, start=start, rows=parallel.host_rows(c.batch_size, exp.mesh),
-      workers=c.data_workers, max_batches=c.dry_run_steps if c.dry_run else None),
-      exp.data_sharding)
+  return _images(exp, exp.data.train, indices, exp.config.batch_size, True, seeds, True, start)
 
 
 def train_batches(exp, indices, train_transform: bool, seed, shuffle, start_batch: int = 0):
   """Training images (train transform) or training images with the test transform (stats);
   ``start_batch`` resumes an epoch (its order is a function of the seed)."""
-  return _images(exp, exp.data.train, indices, exp.config.batch_size, train_transform, seed,
-                 shuffle, start_batch)
+  return _images(exp, exp.data.train, indices, exp.config.batch_size, train_transform, [seed],
+                 shuffle, (0, start_batch))

@@ -8,6 +8,7 @@
   python scripts/benchmark.py --models b --methods norga,hideprompt,smope --rounds 2 \
       --reference-repo ~/MoE_PromptCL --reference-python ~/moe-env/bin/python \
       --reference-repo ~/SMoPE --reference-python ~/smope-env/bin/python   # the original code
+  python scripts/benchmark.py --models b --methods norga --oracle-processes --rounds 3   # the oracle alone
 
 What is timed. cljax: the very steps `Experiment` jits for a run (`_steps(stage)['train']`,
 `_eval_step('prompt')`, the alignment step `_steps(stage)['ca']`), built from the method's paper
@@ -44,6 +45,11 @@ process, as torch's spinning OpenMP threads slow XLA's. Their rows, `[original c
 processes]`, join the same table, which is then written as reference_<device>.md/.json with
 the repositories' commits and the machine's load. Without a checkout (CI) one line says that
 these rows are skipped; a path that is not such a checkout is one `error:` line, exit 2.
+
+The oracle in fresh processes (`--oracle-processes`): the in-process rows time torch and XLA in
+one process, where each framework's idle threads slow the other's turn, so their ratio moves
+between runs. This flag adds rows `[oracle, fresh processes]`: the same oracle steps timed alone
+(`--oracle-worker`), in the same rounds as the original's processes and cljax's.
 
 Writes benchmarks/performance_<device>.md and .json (--out-dir).
 """
@@ -364,10 +370,10 @@ class ReferenceRunError(Exception):
 
 def cljax_worker(args, batch: int, overrides) -> None:
   """--cljax-worker: times cljax's steps for the plan alone in this process (no torch in
-  it) and prints the RESULT line that reference_rows reads."""
+  it) and prints the RESULT line that fresh_process_rows reads."""
   out = []
   for model, method in plan(args):
-    exp = experiment(method, model, batch, overrides)
+    exp = experiment(method, model, batch, overrides, args.image_size)
     steps = {}
     for stage_name, kind in step_kinds(exp):
       call, info = cljax_step(exp, stage_name, kind, batch)
@@ -375,6 +381,24 @@ def cljax_worker(args, batch: int, overrides) -> None:
       steps[step_label(stage_name, kind)] = {'first_s': first, 'step_s': step_s, 'times': times, **info}
     out.append({'model': MODELS[model], 'method': method, 'steps': steps})
   step_timing.emit({'jax': jax.__version__, 'plans': out}, sys.stdout)
+
+
+def oracle_worker(args, batch: int, overrides) -> None:
+  """--oracle-worker: times the lean PyTorch oracle's steps (TorchSide) for the plan alone in
+  this process and prints the RESULT line that fresh_process_rows reads. jax only builds the
+  config and the random backbone here; no XLA step runs while torch is timed."""
+  import torch  # pylint: disable=g-import-not-at-top
+  out = []
+  for model, method in plan(args):
+    exp = experiment(method, model, batch, overrides, args.image_size)
+    side = TorchSide(exp, batch, False)
+    steps = {}
+    for stage_name, kind in step_kinds(exp):
+      call = side.train_call(stage_name) if kind == 'train' else side.eval_call()
+      (first, step_s, times), = median_times([(call, torch_sync)], args.repeats)
+      steps[step_label(stage_name, kind)] = {'first_s': first, 'step_s': step_s, 'times': times}
+    out.append({'model': MODELS[model], 'method': method, 'steps': steps})
+  step_timing.emit({'torch': torch.__version__, 'threads': torch.get_num_threads(), 'plans': out}, sys.stdout)
 
 
 def reference_repos(args):
@@ -406,74 +430,115 @@ def _worker(cmd, what: str, env=None):
   return result
 
 
-def reference_rows(args, batch: int, repos):
-  """Rows of the originals' steps against cljax's at ViT-B/16 (the originals' backbone).
+def fresh_process_rows(args, batch: int, repos):
+  """Rows of PyTorch steps timed in fresh processes that take turns with cljax's.
 
-  For each method of the plan at ViT-B that a repository defines, `--rounds` rounds of two
-  fresh processes, one after the other: the original's steps (scripts/reference_step.py,
-  with that repository's Python), then cljax's (this script, --cljax-worker). Never one
-  process for both: torch's OpenMP threads spin after each call and slow XLA's. A step's
-  time is the median of all its timed calls over the rounds (each process warms up first)."""
+  Two kinds of PyTorch process, each against cljax's steps (this script, --cljax-worker):
+  * the original code: for each method of the plan at ViT-B (the originals' backbone) that a
+    repository in `repos` defines, scripts/reference_step.py with that repository's Python;
+  * the lean oracle (--oracle-processes): for every (model, method) of the plan, this script's
+    --oracle-worker (cljax_testing.torch_oracle, as the in-process rows).
+  `--rounds` rounds of fresh processes, one after the other (original, oracle, cljax). Never one
+  process for torch and XLA: torch's OpenMP threads spin after each call and slow XLA's. A
+  step's time is the median of all its timed calls over the rounds (each process warms up
+  first). The PyTorch processes run with the environment as the user started this command
+  (without cljax's huge pages, `host_memory.as_started`)."""
   here = os.path.abspath(__file__)
   ref_script = os.path.join(os.path.dirname(here), 'reference_step.py')
   # The original's process sees nothing of cljax's: no PYTHONPATH that may point at this tree,
   # and its allocator runs as the user's shell started it (cljax's huge pages are cljax's).
-  ref_env = {k: v for k, v in host_memory.as_started(os.environ).items() if k != 'PYTHONPATH'}
+  torch_env = host_memory.as_started(os.environ)
+  ref_env = {k: v for k, v in torch_env.items() if k != 'PYTHONPATH'}
+  common = ['--batch', str(batch), '--repeats', str(args.repeats)]
+  ours = ['--image-size', str(args.image_size)]   # the originals run at their own 224
   rows = []
   for model, method in plan(args):
-    owner = next(((p, n, py) for p, n, ms, py in repos if method in ms), None)
-    if model != 'b' or owner is None:
+    owner = next(((p, n, py) for p, n, ms, py in repos if method in ms), None) if model == 'b' else None
+    sides = {}   # kind -> (command, what, env)
+    if owner is not None:
+      path, name, python = owner
+      sides['original'] = ([python, ref_script, '--repo', path, '--method', method] + common,
+                           f'{name} {method} (reference_step.py)', ref_env)
+    if args.oracle_processes:
+      sides['oracle'] = ([sys.executable, here, '--oracle-worker', '--methods', method, '--models', model] + common + ours,
+                         f'oracle {method} (--oracle-worker)', torch_env)
+    if not sides:
       continue
-    path, name, python = owner
-    ref_times, cl_times, ref, cl = {}, {}, None, None
+    times = {kind: {} for kind in list(sides) + ['cljax']}
+    last = {}
     for r in range(args.rounds):
-      ref = _worker([python, ref_script, '--repo', path, '--method', method, '--batch', str(batch),
-                     '--repeats', str(args.repeats)], f'{name} {method} (reference_step.py)', ref_env)
-      cl = _worker([sys.executable, here, '--cljax-worker', '--methods', method, '--models', model,
-                    '--batch', str(batch), '--repeats', str(args.repeats), '--dtype', args.dtype,
-                    '--attention', args.attention], f'cljax {method} (--cljax-worker)')['plans'][0]
-      for times, res in ((ref_times, ref), (cl_times, cl)):
+      for kind, (cmd, what, env) in sides.items():
+        res = _worker(cmd, what, env)
+        last[kind] = res if kind == 'original' else dict(res['plans'][0], **{k: v for k, v in res.items() if k != 'plans'})
+      last['cljax'] = _worker([sys.executable, here, '--cljax-worker', '--methods', method, '--models', model]
+                              + common + ours + ['--dtype', args.dtype, '--attention', args.attention],
+                              f'cljax {method} (--cljax-worker)')['plans'][0]
+      for kind, res in last.items():
         for step, t in res['steps'].items():
-          times.setdefault(step, []).extend(t['times'])
-      print(f'  round {r + 1}/{args.rounds} {method}: ' + ', '.join(
-          f"{step} original {ref['steps'][step]['step_s']:.2f}s cljax {cl['steps'][step]['step_s']:.2f}s"
-          for step in ref['steps'] if step in cl['steps']), flush=True)
-    for step in ref['steps']:
-      if step not in cl['steps']:
-        continue
-      info = cl['steps'][step]
-      ref_s, cl_s = statistics.median(ref_times[step]), statistics.median(cl_times[step])
-      rows.append({'model': MODELS[model], 'method': method, 'step': step, 'reference': True,
-                   'batch': batch, 'dtype': args.dtype, 'step_s': cl_s, 'img_s': batch / cl_s,
-                   'compile_s': info['compile_s'], 'flops': info['flops'], 'gflops_step': info['flops'] / 1e9,
-                   'torch_step_s': ref_s, 'torch_img_s': batch / ref_s, 'ratio': ref_s / cl_s,
-                   'variants': {}, 'cljax_times': cl_times[step], 'original_times': ref_times[step],
-                   'original_first_s': ref['steps'][step]['first_s'], 'cljax_first_s': info['first_s'],
-                   'repository': name, 'path': path, 'commit': ref['commit'], 'rounds': args.rounds,
-                   'original_env': {k: ref[k] for k in ('torch', 'timm', 'torchvision', 'threads')}})
+          times[kind].setdefault(step, []).extend(t['times'])
+      print(f'  round {r + 1}/{args.rounds} {MODELS[model]} {method}: ' + '; '.join(
+          f"{step} " + ', '.join(f"{kind} {last[kind]['steps'][step]['step_s']:.2f}s"
+                                 for kind in last if step in last[kind]['steps'])
+          for step in last['cljax']['steps']), flush=True)
+    cl = last['cljax']
+    for kind in sides:
+      res = last[kind]
+      for step in res['steps']:
+        if step not in cl['steps']:
+          continue
+        info = cl['steps'][step]
+        torch_s, cl_s = statistics.median(times[kind][step]), statistics.median(times['cljax'][step])
+        row = {'model': MODELS[model], 'method': method, 'step': step, 'fresh': kind,
+               'batch': batch, 'dtype': args.dtype, 'step_s': cl_s, 'img_s': batch / cl_s,
+               'compile_s': info['compile_s'], 'flops': info['flops'], 'gflops_step': info['flops'] / 1e9,
+               'torch_step_s': torch_s, 'torch_img_s': batch / torch_s, 'ratio': torch_s / cl_s,
+               'variants': {}, 'cljax_times': times['cljax'][step], 'torch_times': times[kind][step],
+               'torch_first_s': res['steps'][step]['first_s'], 'cljax_first_s': info['first_s'],
+               'rounds': args.rounds}
+        if kind == 'original':
+          row.update({'reference': True, 'repository': owner[1], 'path': owner[0], 'commit': res['commit'],
+                      'original_env': {k: res[k] for k in ('torch', 'timm', 'torchvision', 'threads')}})
+        else:
+          row['oracle_env'] = {'torch': res['torch'], 'threads': res['threads']}
+        rows.append(row)
   return rows
 
 
-def reference_note(args, rows, repos, load_start, load_end) -> str:
-  """The paragraph under the table that says what the `[original code]` rows are."""
-  seen = {}
+FRESH_LABELS = {'original': 'original code, fresh processes', 'oracle': 'oracle, fresh processes'}
+
+
+def fresh_note(args, rows, load_start, load_end) -> str:
+  """The paragraph under the table that says what the fresh-process rows are."""
+  seen, oracle = {}, None
   for r in rows:
-    if r.get('reference'):
+    if r.get('fresh') == 'original':
       seen.setdefault(r['repository'], r)
+    elif r.get('fresh') == 'oracle':
+      oracle = r
   envs = '; '.join(f"{name} commit {r['commit']} (torch {r['original_env']['torch']}, timm {r['original_env']['timm']}, "
                    f"torchvision {r['original_env']['torchvision']}, {r['original_env']['threads']} threads)"
                    for name, r in seen.items())
   load = lambda l: '/'.join(f'{x:.1f}' for x in l)
-  return ("Rows marked `[original code, fresh processes]`: the PyTorch column is the original repository's own "
-          'code, driven by `scripts/reference_step.py` in a process of its own (its parser with the flags of its '
-          'Split ImageNet-R Sup-21K script, its trainer\'s models, freezing and optimizer, random weights; a step '
-          "is its engine's `train_one_epoch` / `evaluate` over one batch, or the SMoPE learner's `update_model` / "
-          "`validation`); the cljax column is `benchmark.py --cljax-worker` in another process. "
-          f'{args.rounds} rounds of (original process, cljax process), one after the other; each time is the median '
-          f'of all {args.rounds} x {args.repeats} timed steps, each process warming up first; compile s is cljax\'s '
-          f'in its worker. Repositories: {envs or "-"}. '
-          f'Load average (1/5/15 min) {load(load_start)} at the start, {load(load_end)} at the end, on '
-          f'{os.cpu_count()} cores: a load above the core count means other processes shared the CPU.')
+  kinds = (['original'] if seen else []) + (['oracle'] if oracle else [])
+  text = ''
+  if seen:
+    text += ("Rows marked `[original code, fresh processes]`: the PyTorch column is the original repository's own "
+             'code, driven by `scripts/reference_step.py` in a process of its own (its parser with the flags of its '
+             'Split ImageNet-R Sup-21K script, its trainer\'s models, freezing and optimizer, random weights; a step '
+             "is its engine's `train_one_epoch` / `evaluate` over one batch, or the SMoPE learner's `update_model` / "
+             f"`validation`). Repositories: {envs}. ")
+  if oracle:
+    text += ('Rows marked `[oracle, fresh processes]`: the PyTorch column is the lean oracle of the in-process rows '
+             f"(`cljax_testing/torch_oracle.py`, eager fp32, torch {oracle['oracle_env']['torch']}, "
+             f"{oracle['oracle_env']['threads']} threads), timed alone in a process of its own "
+             '(`benchmark.py --oracle-worker`). ')
+  return text + (
+      'The cljax column is `benchmark.py --cljax-worker` in another process. '
+      f'{args.rounds} rounds of ({", ".join(kinds)}, cljax) processes, one after the other; each time is the median '
+      f'of all {args.rounds} x {args.repeats} timed steps, each process warming up first; compile s is cljax\'s '
+      'in its worker; the PyTorch processes run without cljax\'s huge pages, as the user started the command. '
+      f'Load average (1/5/15 min) {load(load_start)} at the start, {load(load_end)} at the end, on '
+      f'{os.cpu_count()} cores: a load above the core count means other processes shared the CPU.')
 
 
 # ----------------------------------------------------------------------------- projection
@@ -552,8 +617,13 @@ def parse(argv=None):
   p.add_argument('--reference-python', action='append', default=[], metavar='PYTHON',
                  help="the Python with the original's requirements (one, or one per --reference-repo; "
                       'default: this one)')
-  p.add_argument('--rounds', type=int, default=2, help='rounds of (original process, cljax process)')
-  p.add_argument('--cljax-worker', action='store_true', help=argparse.SUPPRESS)   # reference_rows' child
+  p.add_argument('--oracle-processes', action='store_true',
+                 help='also time the lean PyTorch oracle against cljax in alternating fresh processes '
+                      '(rows [oracle, fresh processes]); the in-process rows share one process')
+  p.add_argument('--rounds', type=int, default=2,
+                 help='rounds of fresh processes (original, oracle, cljax) for those rows')
+  p.add_argument('--cljax-worker', action='store_true', help=argparse.SUPPRESS)    # fresh_process_rows' children
+  p.add_argument('--oracle-worker', action='store_true', help=argparse.SUPPRESS)
   return p.parse_args(argv)
 
 
@@ -585,12 +655,18 @@ def main(argv=None):
   if args.cljax_worker:
     cljax_worker(args, batch, base)
     return []
+  if args.oracle_worker:
+    oracle_worker(args, batch, base)
+    return []
   try:
     repos = reference_repos(args)
     if repos and not any(m == 'b' and any(meth in ms for _, _, ms, _ in repos) for m, meth in plan(args)):
       raise ReferenceRunError('--reference-repo: no method of the plan at ViT-B/16 is defined there (' +
                               '; '.join(f'{n}: {", ".join(ms)}' for _, n, ms, _ in repos) +
                               '); e.g. --models b --methods ' + ','.join(m for _, _, ms, _ in repos for m in ms))
+    if repos and args.image_size != 224:
+      raise ReferenceRunError(f'--reference-repo: the original code runs at 224x224, not --image-size '
+                              f'{args.image_size}; drop --image-size (and --quick) to time it')
   except ReferenceRunError as e:
     print(f'error: {e}', file=sys.stderr)
     raise SystemExit(2) from None
@@ -650,17 +726,19 @@ def main(argv=None):
       rates[stage.name]['ca_s'] = time_cljax_alignment(exp, stage, args.repeats)
     rates_by[(model, method)] = rates
 
-  if repos:
-    print(f'reference rows: the original code vs cljax, {args.rounds} rounds of fresh processes', flush=True)
+  if repos or args.oracle_processes:
+    print(f'fresh-process rows: ' + ' and '.join((['the original code'] if repos else []) +
+                                                  (['the oracle'] if args.oracle_processes else [])) +
+          f' vs cljax, {args.rounds} rounds', flush=True)
     try:
-      rows += reference_rows(args, batch, repos)
+      rows += fresh_process_rows(args, batch, repos)
     except ReferenceRunError as e:
       print(f'error: {e}', file=sys.stderr)
       raise SystemExit(2) from None
     for r in rows:
-      if r.get('reference'):
-        print(f"{r['model']} {r['method']} {r['step']} [original code, {r['repository']}]: cljax {r['img_s']:.2f} img/s, "
-              f"original {r['torch_img_s']:.2f} img/s, ratio {r['ratio']:.2f}x", flush=True)
+      if r.get('fresh'):
+        print(f"{r['model']} {r['method']} {r['step']} [{FRESH_LABELS[r['fresh']]}]: cljax {r['img_s']:.2f} img/s, "
+              f"PyTorch {r['torch_img_s']:.2f} img/s, ratio {r['ratio']:.2f}x", flush=True)
   load_end = os.getloadavg()
   # The peak again at the end, the better of the two: a busy moment must not lower it.
   peak = max(peak, matmul_peak(jnp.dtype(args.dtype), on_gpu))
@@ -680,15 +758,15 @@ def main(argv=None):
            'cljax compile s | GFLOP/step | MFU |' + ''.join(f' cljax [{k}] img/s (vs base) |' for k in variant_overrides),
            '|---|---|---|---|---|---|' + ('---|' if args.torch_compile else '') + '---|---|---|' + '---|' * len(variant_overrides)]
   for r in rows:
-    step = f"{r['step']} [original code, fresh processes]" if r.get('reference') else r['step']
+    step = f"{r['step']} [{FRESH_LABELS[r['fresh']]}]" if r.get('fresh') else r['step']
     lines.append(f"| {r['model']} | {NAMES[r['method']]} | {step} | {r['img_s']:.2f} | "
                  f"{fmt(r.get('torch_img_s'), 2)} | {fmt(r.get('ratio'), 2)}{'x' if 'ratio' in r else ''} | " +
                  (f"{fmt(r.get('torch_compile_img_s'), 2)} | " if args.torch_compile else '') +
                  f"{r['compile_s']:.1f} | {r['gflops_step']:.0f} | {100 * r['mfu']:.1f}% |" +
                  (''.join(f" {v:.2f} ({v / r['img_s']:.2f}x) |" for v in r['variants'].values())
-                  if not r.get('reference') else ' - |' * len(variant_overrides)))
-  if repos:
-    lines += ['', reference_note(args, rows, repos, load_start, load_end)]
+                  if not r.get('fresh') else ' - |' * len(variant_overrides)))
+  if any(r.get('fresh') for r in rows):
+    lines += ['', fresh_note(args, rows, load_start, load_end)]
   pipe = host_pipeline_rate(batch, args.image_size)
   print(f'host input pipeline (decoded images, train transform, {os.cpu_count()} cores): {pipe:.0f} img/s', flush=True)
   proj_rows = []

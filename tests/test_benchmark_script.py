@@ -13,21 +13,31 @@ from cljax_testing.helpers import load_script  # pylint: disable=wrong-import-po
 
 def test_quick_benchmark_writes_its_table(tmp_path, capsys):
   bench = load_script('benchmark')
-  rows = bench.main(['--quick', '--out-dir', str(tmp_path), '--tag', '_test'])
+  rows = bench.main(['--quick', '--oracle-processes', '--rounds', '1', '--out-dir', str(tmp_path), '--tag', '_test'])
   # Without a checkout of an original repository (as in CI) its rows are skipped, said once.
   assert capsys.readouterr().out.count('reference rows skipped: no --reference-repo given') == 1
-  assert [r['step'] for r in rows] == ['tii train', 'train', 'eval']
+  # The in-process rows, then the same steps with the oracle and cljax each in a fresh process.
+  assert [(r['step'], r.get('fresh')) for r in rows] == [
+      ('tii train', None), ('train', None), ('eval', None),
+      ('tii train', 'oracle'), ('train', 'oracle'), ('eval', 'oracle')]
   for r in rows:
     assert r['method'] == 'norga' and r['model'] == 'vit_ti16'
     assert r['img_s'] > 0 and r['torch_img_s'] > 0 and r['flops'] > 0 and r['compile_s'] > 0
+  # The workers timed the quick run's model at its 64x64 input, as the in-process rows: the same FLOPs.
+  assert [r['flops'] for r in rows[3:]] == pytest.approx([r['flops'] for r in rows[:3]])
+  for r in rows[3:]:
+    assert len(r['torch_times']) == len(r['cljax_times']) == 2 and r['ratio'] == pytest.approx(
+        r['torch_step_s'] / r['step_s'])
   name = next(n for n in os.listdir(tmp_path) if n.endswith('_test.md'))
   text = (tmp_path / name).read_text()
   header = next(l for l in text.splitlines() if l.startswith('| model'))
   assert header.split('|')[1:-1] == [' model ', ' method ', ' step ', ' cljax img/s ', ' PyTorch img/s ',
                                      ' ratio ', ' cljax compile s ', ' GFLOP/step ', ' MFU ']
-  assert sum(l.startswith('| vit_ti16 | NoRGa |') for l in text.splitlines()) == 3
+  assert sum(l.startswith('| vit_ti16 | NoRGa |') for l in text.splitlines()) == 6
+  assert sum('[oracle, fresh processes]' in l for l in text.splitlines()) == 3
+  assert 'Rows marked `[oracle, fresh processes]`' in text
   saved = json.loads((tmp_path / name.replace('.md', '.json')).read_text())
-  assert len(saved['rows']) == 3 and saved['batch'] == 8
+  assert len(saved['rows']) == 6 and saved['batch'] == 8
 
 
 def test_projection_counts_images_of_a_run():

@@ -420,16 +420,6 @@ def reference_repos(args):
   return out
 
 
-def _worker(cmd, what: str, env=None):
-  """The RESULT of a worker process; ReferenceRunError with its last stderr line if it fails."""
-  done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
-  result = step_timing.parse(done.stdout)
-  if done.returncode != 0 or result is None:
-    last = (done.stderr.strip().splitlines() or ['(no output)'])[-1]
-    raise ReferenceRunError(f'{what} failed (exit {done.returncode}): {last}')
-  return result
-
-
 def fresh_process_rows(args, batch: int, repos):
   """Rows of PyTorch steps timed in fresh processes that take turns with cljax's.
 
@@ -468,9 +458,9 @@ def fresh_process_rows(args, batch: int, repos):
     last = {}
     for r in range(args.rounds):
       for kind, (cmd, what, env) in sides.items():
-        res = _worker(cmd, what, env)
+        res = step_timing.run_worker(cmd, what, env)
         last[kind] = res if kind == 'original' else dict(res['plans'][0], **{k: v for k, v in res.items() if k != 'plans'})
-      last['cljax'] = _worker([sys.executable, here, '--cljax-worker', '--methods', method, '--models', model]
+      last['cljax'] = step_timing.run_worker([sys.executable, here, '--cljax-worker', '--methods', method, '--models', model]
                               + common + ours + ['--dtype', args.dtype, '--attention', args.attention],
                               f'cljax {method} (--cljax-worker)')['plans'][0]
       for kind, res in last.items():
@@ -732,7 +722,7 @@ def main(argv=None):
           f' vs cljax, {args.rounds} rounds', flush=True)
     try:
       rows += fresh_process_rows(args, batch, repos)
-    except ReferenceRunError as e:
+    except step_timing.WorkerError as e:
       print(f'error: {e}', file=sys.stderr)
       raise SystemExit(2) from None
     for r in rows:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import subprocess
 import time
 
 RESULT_PREFIX = 'RESULT '   # the one stdout line of a worker process that the parent reads
@@ -44,3 +45,19 @@ def parse(stdout: str):
   """The result of a worker's stdout (its last RESULT line), or None when it printed none."""
   lines = [l for l in stdout.splitlines() if l.startswith(RESULT_PREFIX)]
   return json.loads(lines[-1][len(RESULT_PREFIX):]) if lines else None
+
+
+class WorkerError(Exception):
+  """A worker process that failed or printed no RESULT line; the message names it and ends
+  with its last stderr line."""
+
+
+def run_worker(cmd, what: str, env=None):
+  """The RESULT of the worker process `cmd` (its stdout's last RESULT line). Raises WorkerError
+  with its last stderr line when it exits non-zero or prints none."""
+  done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
+  result = parse(done.stdout)
+  if done.returncode != 0 or result is None:
+    last = (done.stderr.strip().splitlines() or ['(no output)'])[-1]
+    raise WorkerError(f'{what} failed (exit {done.returncode}): {last}')
+  return result

@@ -34,7 +34,7 @@ def test_quick_benchmark_writes_its_table(tmp_path, capsys):
   assert header.split('|')[1:-1] == [' model ', ' method ', ' step ', ' cljax img/s ', ' PyTorch img/s ',
                                      ' ratio ', ' cljax compile s ', ' GFLOP/step ', ' MFU ']
   assert sum(l.startswith('| vit_ti16 | NoRGa |') for l in text.splitlines()) == 6
-  assert sum('[oracle, fresh processes]' in l for l in text.splitlines()) == 3
+  assert sum(l.startswith('| vit_ti16 | NoRGa |') and '[oracle, fresh processes]' in l for l in text.splitlines()) == 3
   assert 'Rows marked `[oracle, fresh processes]`' in text
   saved = json.loads((tmp_path / name.replace('.md', '.json')).read_text())
   assert len(saved['rows']) == 6 and saved['batch'] == 8
@@ -48,3 +48,17 @@ def test_projection_counts_images_of_a_run():
   assert parts['task_identity']['images_trained'] == pytest.approx(20 * 24000)
   assert parts['prompt']['images_trained'] == pytest.approx(150 * 24000)
   assert seconds > 150 * 24000 / 10.0
+
+
+def test_xla_cpu_backends_quick_run_writes_its_table(tmp_path):
+  script = load_script('xla_cpu_backends')
+  out = script.main(['--quick', '--out-dir', str(tmp_path), '--tag', '_test'])
+  assert set(out['times']) == {'default', 'eigen', 'xnnpack', 'onednn'}
+  assert all(len(t) == 2 and min(t) > 0 for t in out['times'].values())   # 1 round x 2 repeats
+  assert out['differences']['default'] == (0.0, 0.0)
+  text = next(tmp_path.glob('xla_cpu_backends_*_test.md')).read_text()
+  rows = [l for l in text.splitlines() if l.startswith('| ') and not l.startswith('| back end')]
+  assert [r.split('|')[1].strip() for r in rows] == ['default', 'eigen', 'xnnpack', 'onednn']
+  assert '--xla_cpu_use_onednn=true`' in rows[3]
+  # Turning YNNPACK off compiles another program; the default row is its own reference.
+  assert rows[0].split('|')[7].strip() == 'its own' and rows[1].split('|')[7].strip() == 'its own'

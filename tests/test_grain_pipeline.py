@@ -156,6 +156,36 @@ def test_a_consumer_that_stops_early_stops_the_worker():
   assert not started()
 
 
+def test_closing_the_consumer_returns_after_the_producer_has_finished():
+  """A run that ends on an error (a diverged loss) closes its stream and exits: the producer
+  thread must be out of its batch by then, since a thread still inside jaxlib or grain when the
+  interpreter finalizes aborted the process (`FATAL: exception not rethrown`, exit 134) in about
+  half of the diverged demo runs. Here the producer is mid-batch (0.5 s) when the consumer
+  closes; close returns only after it has left and closed its source."""
+  closed, converting = [], threading.Event()
+
+  def source():
+    try:
+      for i in range(100):
+        yield i
+    finally:
+      closed.append(True)
+
+  def slow(i):
+    converting.set()
+    time.sleep(0.5)
+    return i
+
+  before = set(threading.enumerate())
+  it = pipeline.in_background(source(), slow, size=1)
+  assert next(it) == 0
+  converting.clear()
+  assert converting.wait(5)      # the producer is inside a later batch's conversion
+  it.close()
+  assert closed == [True]
+  assert not [t for t in threading.enumerate() if t not in before and t.is_alive()]
+
+
 def test_the_epochs_of_a_phase_are_each_epochs_batches_from_one_loader(monkeypatch):
   """pipeline.epochs, the trainer's stream for a training phase: each epoch is `batches` of its
   own seed, back to back (here resumed at batch 4 of epoch 1, then cut to 2 batches an epoch as a

@@ -292,6 +292,9 @@ def prefetch(iterator: Iterator[Batch], sharding, size: int = 2) -> Iterator[Bat
   return in_background(iterator, lambda batch: to_device(batch, sharding), size)
 
 
+JOIN_TIMEOUT_S = 60.0   # how long a stopped consumer waits for in_background's thread
+
+
 def in_background(iterator: Iterator[Batch], convert, size: int = 2) -> Iterator[Any]:
   """convert(batch) for each batch, computed by a background thread up to ``size`` ahead; an
   error in the thread is raised in the consumer. A consumer that stops early (closes this
@@ -336,3 +339,8 @@ def in_background(iterator: Iterator[Batch], convert, size: int = 2) -> Iterator
       yield item
   finally:
     stop.set()
+    # Wait for the producer to leave its batch (and close `iterator`): a thread still inside
+    # jaxlib or grain when the interpreter finalizes aborts the process ("FATAL: exception not
+    # rethrown"), e.g. after an error ends a run. Bounded: one batch and the close.
+    if thread is not threading.current_thread():
+      thread.join(timeout=JOIN_TIMEOUT_S)

@@ -61,7 +61,6 @@ import datetime
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 
@@ -142,21 +141,28 @@ def experiment(method: str, model: str, batch: int, overrides, image_size: int =
   return trainer.Experiment(c, '', load_data=False, verbose=False)
 
 
-def cljax_train(exp, stage, batch):
-  """(call, info) of the stage's compiled train step on random inputs."""
+def cljax_train(exp, stage, batch, keep_outputs: bool = False):
+  """(call, info) of the stage's compiled train step on random inputs. With keep_outputs, info
+  also holds the compiled step ('compiled') and, after each call, that call's outputs
+  ('outputs': params, optimizer state, metrics), for scripts that inspect them."""
   step = exp.stage_steps(stage)['train']
   args, flags = step_inputs.train_args(exp, stage, batch, t=1, concrete=True)
   lowered = step.lower(*args, flags=flags)
   t0 = time.perf_counter()
   compiled = lowered.compile()
   compile_s = time.perf_counter() - t0
+  info = {'compile_s': compile_s, 'flops': flops_of(lowered)}
   carry = list(args)
 
   def call():
     # params and optimizer state are donated, as in the trainer: feed the outputs back.
     carry[0], carry[1], metrics = compiled(*carry)
+    if keep_outputs:
+      info['outputs'] = (carry[0], carry[1], metrics)
     return metrics['loss']
-  return call, {'compile_s': compile_s, 'flops': flops_of(lowered)}
+  if keep_outputs:
+    info['compiled'] = compiled
+  return call, info
 
 
 def cljax_eval(exp, batch):
@@ -717,7 +723,7 @@ def main(argv=None):
     rates_by[(model, method)] = rates
 
   if repos or args.oracle_processes:
-    print(f'fresh-process rows: ' + ' and '.join((['the original code'] if repos else []) +
+    print('fresh-process rows: ' + ' and '.join((['the original code'] if repos else []) +
                                                   (['the oracle'] if args.oracle_processes else [])) +
           f' vs cljax, {args.rounds} rounds', flush=True)
     try:

@@ -13,8 +13,8 @@ the step `Experiment` jits for the method's Split ImageNet-R paper config (rando
   each round; a process builds and compiles the step, warms up, then times `--repeats` calls.
   The table gives each back end's median over all rounds and its ratio to the default. Every
   process runs with glibc's huge pages, as `cljax.main` does (`cljax.host_memory`).
-* numbers: each process also runs one step from the same inputs and saves its loss and its
-  gradients (Adam's first moment after the step); the table gives their differences from the
+* numbers: each process's first (warm-up) step, from the same inputs everywhere, saves its loss
+  and its gradients (Adam's first moment after the step); the table gives their differences from the
   default back end's, the gradients' as the largest difference over the largest gradient.
 * program: whether the compiled HLO text is that of a back end above it in the table ('as
   default': a flag XLA ignored for this step, so any time difference is the machine's noise)
@@ -33,7 +33,11 @@ import random
 import statistics
 import sys
 import tempfile
-import time
+
+from cljax import host_memory
+
+if __name__ == '__main__':   # before jax starts threads, as benchmark.py (see cljax.host_memory)
+  host_memory.reexec_with_huge_pages([sys.executable] + sys.argv)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import step_timing  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -50,39 +54,45 @@ BACKENDS = {
 
 def worker(args) -> None:
   """One back end in this process (XLA_FLAGS set by the parent): the RESULT line with its
-  step times; the first step's updated params go to args.save (.npz)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
+  step times and compiled program's hash; the first step's loss and gradients go to args.save
+  (.npz)."""
   import benchmark  # pylint: disable=g-import-not-at-top
-  from cljax.continual import step_inputs  # pylint: disable=g-import-not-at-top
   exp = benchmark.experiment(args.method, args.model, args.batch, {}, args.image_size)
   stage = next(s for s in exp.stages if s.name == 'prompt')
-  step = exp.stage_steps(stage)['train']
-  inputs, flags = step_inputs.train_args(exp, stage, args.batch, t=1, concrete=True)
-  t0 = time.perf_counter()
-  compiled = step.lower(*inputs, flags=flags).compile()
-  compile_s = time.perf_counter() - t0
-  program = hashlib.sha256(compiled.as_text().encode()).hexdigest()
-  _, opt_state, metrics = compiled(*inputs)
-  # The optimizer state after one step holds (1 - b1) x the gradient (Adam's first moment): the
-  # gradients, where the updated params (about lr x sign(g) on a first Adam step) would hide them.
-  leaves = {jax.tree_util.keystr(path): np.asarray(leaf)
-            for path, leaf in jax.tree_util.tree_leaves_with_path(opt_state)
-            if np.issubdtype(np.asarray(leaf).dtype, np.floating)}
-  np.savez(args.save, loss=np.asarray(metrics['loss']), **leaves)
-  call, _ = benchmark.cljax_train(exp, stage, args.batch)
-  (first, step_s, times), = step_timing.median_times([(call, benchmark.jax_sync)], args.repeats)
-  step_timing.emit({'compile_s': compile_s, 'first_s': first, 'step_s': step_s, 'times': times,
+  call, info = benchmark.cljax_train(exp, stage, args.batch, keep_outputs=True)
+  program = hashlib.sha256(info['compiled'].as_text().encode()).hexdigest()
+  saved = []
+
+  def step():
+    # The first call is median_times' warm-up, from the inputs benchmark.cljax_train makes
+    # (the same in every process): its loss and gradients are the ones compared.
+    loss = call()
+    if not saved:
+      save_loss_and_gradients(info['outputs'], args.save)
+      saved.append(args.save)
+    return loss
+  (first, step_s, times), = step_timing.median_times([(step, benchmark.jax_sync)], args.repeats)
+  step_timing.emit({'compile_s': info['compile_s'], 'first_s': first, 'step_s': step_s, 'times': times,
                     'program': program}, sys.stdout)
 
 
+def save_loss_and_gradients(outputs, path: str) -> None:
+  """A train step's (params, optimizer state, metrics): its loss and gradients to `path`. The
+  optimizer state after one step holds (1 - b1) x the gradient (Adam's first moment): the
+  gradients, where the updated params (about lr x sign(g) on a first Adam step) would hide them."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  _, opt_state, metrics = outputs
+  leaves = {jax.tree_util.keystr(p): np.asarray(leaf)
+            for p, leaf in jax.tree_util.tree_leaves_with_path(opt_state)
+            if np.issubdtype(np.asarray(leaf).dtype, np.floating)}
+  np.savez(path, loss=np.asarray(metrics['loss']), **leaves)
+
+
 def time_backend(args, backend: str, save: str):
-  """The RESULT of one --worker process for `backend`, with huge pages as `cljax.main`."""
-  from cljax import host_memory  # pylint: disable=g-import-not-at-top
-  import platform  # pylint: disable=g-import-not-at-top
-  env = dict(os.environ)
-  env = host_memory.tuned_environment(env, host_memory._thp_mode(), platform.libc_ver()) or env  # pylint: disable=protected-access
-  env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + ' ' + BACKENDS[backend]).strip()
+  """The RESULT of one --worker process for `backend` (huge pages: the worker re-executes
+  itself with them, as every entry point of this script does)."""
+  env = dict(os.environ, XLA_FLAGS=(os.environ.get('XLA_FLAGS', '') + ' ' + BACKENDS[backend]).strip())
   cmd = [sys.executable, os.path.abspath(__file__), '--worker', '--save', save, '--method', args.method,
          '--model', args.model, '--batch', str(args.batch), '--repeats', str(args.repeats),
          '--image-size', str(args.image_size)]
